@@ -1,0 +1,17 @@
+//! RSPO: Regularized Self-Play Policy Optimization (arXiv 2503.00030).
+//!
+//! The library behind the five pipeline stages. One folder per concern:
+//! - [`model`]: Hugging Face checkpoints, the one differentiable transformer, chat templates.
+//! - [`data`]: the Parquet contracts between stages, fingerprints, atomic writes.
+//! - [`judge`]: preference models and win rates.
+//! - [`train`]: the RSPO loss and the optimizers.
+//! - [`eval`]: evaluation metrics.
+
+pub mod model;
+pub mod data;
+pub mod judge;
+pub mod train;
+pub mod eval;
+
+/// The crate version written into every output file (`rspo.version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
