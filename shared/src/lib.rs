@@ -7,11 +7,11 @@
 //! - [`train`]: the RSPO loss and the optimizers.
 //! - [`eval`]: evaluation metrics.
 
-pub mod model;
 pub mod data;
-pub mod judge;
-pub mod train;
 pub mod eval;
+pub mod judge;
+pub mod model;
+pub mod train;
 
 /// The crate version written into every output file (`rspo.version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

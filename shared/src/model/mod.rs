@@ -1,1 +1,27 @@
-//! model
+//! Hugging Face checkpoints and the one differentiable transformer every stage runs.
+//!
+//! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template).
+//! - [`Transformer`]: the Llama-family decoder with a causal-LM or reward head.
+//! - [`teacher_forced_logprobs`]: per-token log-probs of responses, chunked over the vocabulary.
+
+mod chat_template;
+mod checkpoint;
+mod config;
+mod error;
+mod kv_cache;
+mod logprobs;
+pub mod ops;
+mod transformer;
+mod weights;
+
+pub use chat_template::ChatTemplate;
+pub use checkpoint::Checkpoint;
+pub use config::{Arch, Head, ModelConfig, RopeScaling};
+pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
+pub use logprobs::{
+    hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,
+    ResponseLogprobs,
+};
+pub use transformer::{Linear, LoraAdapter, Transformer};
+pub use weights::{save_safetensors, weight_files, Weights};

@@ -1,0 +1,416 @@
+//! The transformer against values computed by Hugging Face transformers (float64) on the same
+//! checkpoints: tests/fixtures/<model>/expected.json.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rspo::model::{
+    sequence_scores, teacher_forced_logprobs, Checkpoint, KvCache, PromptResponse, Transformer,
+    Weights,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn load(name: &str) -> (Checkpoint, Transformer) {
+    let ck = Checkpoint::open(&fixture(name)).unwrap();
+    let model = ck.load_model(DType::F32, &Device::Cpu).unwrap();
+    (ck, model)
+}
+
+const CAUSAL: [&str; 5] = [
+    "tiny-llama",
+    "tiny-llama3",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+];
+
+#[test]
+fn token_logprobs_match_transformers() {
+    for name in CAUSAL {
+        let (_, model) = load(name);
+        let exp = expected(name);
+        for (s, seq) in exp["sequences"].as_array().unwrap().iter().enumerate() {
+            let input = ids(&seq["input_ids"]);
+            let want = floats(&seq["token_logprobs"]);
+            // Scoring everything after BOS: the prompt is BOS alone.
+            let got = teacher_forced_logprobs(
+                &model,
+                &[PromptResponse {
+                    prompt: &input[..1],
+                    response: &input[1..],
+                }],
+            )
+            .unwrap();
+            let got_tokens = &got.to_vecs().unwrap()[0];
+            assert_eq!(got_tokens.len(), want.len());
+            for (t, (g, w)) in got_tokens.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() < 1e-4,
+                    "{name} seq {s} token {t}: {g} vs {w}"
+                );
+            }
+            let sum = got.sums().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+            let want_sum = seq["sum_logprob"].as_f64().unwrap();
+            assert!(
+                (sum - want_sum).abs() < 1e-3,
+                "{name} seq {s} sum: {sum} vs {want_sum}"
+            );
+
+            // The last position's logits: first 8, argmax, logsumexp.
+            let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
+            let x = Tensor::new(input.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let hidden = model.forward_hidden(&x, &mut cache).unwrap();
+            let last = hidden.narrow(1, input.len() - 1, 1).unwrap();
+            let logits = model
+                .logits(&last)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for (g, w) in logits.iter().zip(floats(&seq["last_logits_first8"])) {
+                assert!(
+                    (*g as f64 - w).abs() < 1e-4,
+                    "{name} seq {s} logit: {g} vs {w}"
+                );
+            }
+            let argmax = logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0;
+            assert_eq!(
+                argmax as u64,
+                seq["last_logits_argmax"].as_u64().unwrap(),
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Greedy decoding, one token at a time through the KV cache.
+fn greedy(model: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
+    let dev = Device::Cpu;
+    let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
+    let mut input = Tensor::new(prompt, &dev).unwrap().unsqueeze(0).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let hidden = model.forward_hidden(&input, &mut cache).unwrap();
+        let t = hidden.dim(1).unwrap();
+        let logits = model.logits(&hidden.narrow(1, t - 1, 1).unwrap()).unwrap();
+        let next = logits
+            .flatten_all()
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
+        out.push(next);
+        input = Tensor::new(&[next], &dev).unwrap().unsqueeze(0).unwrap();
+    }
+    out
+}
+
+#[test]
+fn greedy_tokens_match_with_kv_cache() {
+    for name in CAUSAL {
+        let (_, model) = load(name);
+        let g = &expected(name)["greedy"];
+        let got = greedy(
+            &model,
+            &ids(&g["prompt_ids"]),
+            g["new_tokens"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(got, ids(&g["output_ids"]), "{name}");
+    }
+}
+
+#[test]
+fn reward_model_scores_match() {
+    let (_, model) = load("tiny-llama-rm");
+    for seq in expected("tiny-llama-rm")["sequences"].as_array().unwrap() {
+        let input = ids(&seq["input_ids"]);
+        let score = sequence_scores(&model, &[input])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        let want = seq["score"].as_f64().unwrap();
+        assert!(
+            (score as f64 - want).abs() < 1e-4,
+            "score {score} vs {want}"
+        );
+    }
+    // Batched with padding: the same scores.
+    let seqs: Vec<Vec<u32>> = expected("tiny-llama-rm")["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["input_ids"]))
+        .collect();
+    let batched = sequence_scores(&model, &seqs)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (seq, got) in expected("tiny-llama-rm")["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(batched)
+    {
+        let want = seq["score"].as_f64().unwrap();
+        assert!(
+            (got as f64 - want).abs() < 1e-4,
+            "batched score {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn padded_batch_equals_each_sequence_alone() {
+    for name in ["tiny-llama", "tiny-mistral", "tiny-qwen3"] {
+        let (_, model) = load(name);
+        let seqs: Vec<Vec<u32>> = expected(name)["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| ids(&s["input_ids"]))
+            .collect();
+        // Different prompt/response splits so rows have different lengths in both parts.
+        let batch: Vec<PromptResponse> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PromptResponse {
+                prompt: &s[..1 + i],
+                response: &s[1 + i..],
+            })
+            .collect();
+        let together = teacher_forced_logprobs(&model, &batch)
+            .unwrap()
+            .to_vecs()
+            .unwrap();
+        for (pr, row) in batch.iter().zip(&together) {
+            let alone = teacher_forced_logprobs(&model, std::slice::from_ref(pr))
+                .unwrap()
+                .to_vecs()
+                .unwrap();
+            for (a, b) in alone[0].iter().zip(row) {
+                assert!((a - b).abs() < 1e-5, "{name}: alone {a} vs batched {b}");
+            }
+        }
+    }
+}
+
+/// Builds the model from `Var`s (as train-step does) and returns it with the vars by name.
+fn trainable(name: &str) -> (Transformer, Vec<(String, Var)>) {
+    let ck = Checkpoint::open(&fixture(name)).unwrap();
+    let w = Weights::load(&ck.dir, DType::F32, &Device::Cpu).unwrap();
+    let vars: Vec<(String, Var)> = w
+        .tensors()
+        .iter()
+        .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+        .collect();
+    let tensors: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let model = Transformer::new(
+        ck.config.clone(),
+        &Weights::from_tensors(tensors, ck.dir.clone()),
+    )
+    .unwrap();
+    (model, vars)
+}
+
+fn summed_logprob_loss(model: &Transformer, seqs: &[Vec<u32>]) -> Tensor {
+    let batch: Vec<PromptResponse> = seqs
+        .iter()
+        .map(|s| PromptResponse {
+            prompt: &s[..2],
+            response: &s[2..],
+        })
+        .collect();
+    teacher_forced_logprobs(model, &batch)
+        .unwrap()
+        .sums()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient() {
+    for name in ["tiny-llama", "tiny-qwen3"] {
+        let (model, vars) = trainable(name);
+        let seqs: Vec<Vec<u32>> = expected(name)["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| ids(&s["input_ids"]))
+            .collect();
+        let loss = summed_logprob_loss(&model, &seqs);
+        let grads = loss.backward().unwrap();
+        assert!(!vars.is_empty());
+        for (n, v) in &vars {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {n}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{name}: zero gradient for {n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gradient_matches_finite_difference() {
+    let name = "tiny-llama";
+    let seqs: Vec<Vec<u32>> = expected(name)["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["input_ids"]))
+        .collect();
+    let (model, vars) = trainable(name);
+    let loss = summed_logprob_loss(&model, &seqs);
+    let grads = loss.backward().unwrap();
+    let (pname, var) = vars
+        .iter()
+        .find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    let g = grads
+        .get(var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // The entry with the largest gradient, perturbed in float64 for a clean central difference.
+    let (idx, &analytic) = g
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .unwrap();
+    let ck = Checkpoint::open(&fixture(name)).unwrap();
+    let base = Weights::load(&ck.dir, DType::F64, &Device::Cpu).unwrap();
+    let eval = |delta: f64| -> f64 {
+        let mut t = base.tensors().clone();
+        let w = t[pname.as_str()]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let mut w2 = w.clone();
+        w2[idx] += delta;
+        t.insert(
+            pname.clone(),
+            Tensor::from_vec(w2, t[pname.as_str()].shape(), &Device::Cpu).unwrap(),
+        );
+        let m =
+            Transformer::new(ck.config.clone(), &Weights::from_tensors(t, ck.dir.clone())).unwrap();
+        summed_logprob_loss(&m, &seqs)
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let h = 1e-4;
+    let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+    let rel = (analytic as f64 - numeric).abs() / numeric.abs();
+    assert!(
+        rel < 1e-3,
+        "analytic {analytic} vs finite difference {numeric} (rel {rel})"
+    );
+}
+
+#[test]
+fn chat_template_renders_and_raises() {
+    let ck = Checkpoint::open(&fixture("tiny-llama")).unwrap();
+    let msgs = serde_json::json!([{"role":"user","content":"Hi there"},{"role":"assistant","content":"Hello!"}]);
+    let text = ck.render_chat(msgs.as_array().unwrap(), false).unwrap();
+    assert_eq!(text, "<s>[INST] Hi there [/INST]Hello!</s>");
+    let bad = serde_json::json!([{"role":"assistant","content":"Hello!"}]);
+    let err = ck
+        .render_chat(bad.as_array().unwrap(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Conversation roles must alternate user/assistant/user/assistant/..."),
+        "{err}"
+    );
+}
+
+#[test]
+fn rendered_prompt_tokenizes_as_transformers_does() {
+    // The third tiny-llama sequence is a rendered `[INST] ... [/INST]` conversation.
+    let (ck, _) = load("tiny-llama");
+    let seq = ids(&expected("tiny-llama")["sequences"][2]["input_ids"]);
+    let text = ck.tokenizer.decode(&seq, false).unwrap();
+    assert!(text.starts_with("<s>"), "{text}");
+    assert_eq!(ck.encode(&text).unwrap(), seq, "decoded: {text}");
+}
+
+#[test]
+fn missing_files_and_unsupported_architectures_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("rspo-bad-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::copy(fixture("tiny-llama/config.json"), dir.join("config.json")).unwrap();
+    let err = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::write(dir.join("config.json"), r#"{"architectures":["BertForMaskedLM"],"vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#).unwrap();
+    let err = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert!(
+        err.contains("BertForMaskedLM") && err.contains("unsupported"),
+        "{err}"
+    );
+    let err = Checkpoint::open(&dir.join("nope"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
