@@ -8,9 +8,11 @@ mod chat_template;
 mod checkpoint;
 mod config;
 mod error;
+mod generation;
 mod kv_cache;
 mod logprobs;
 pub mod ops;
+pub mod sampling;
 mod transformer;
 mod weights;
 
@@ -25,3 +27,5 @@ pub use logprobs::{
 };
 pub use transformer::{Linear, LoraAdapter, Transformer};
 pub use weights::{save_safetensors, weight_files, Weights};
+pub use generation::{generate, Finish, GenerationOutput, GenerationRequest};
+pub use sampling::{sampling_distribution, RowRng, SamplingParams};
