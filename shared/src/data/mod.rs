@@ -15,18 +15,24 @@
 //! found and what was expected.
 
 mod columns;
+mod digest;
 mod error;
 mod fingerprint;
+mod io;
 mod metadata;
 mod prompts;
 mod rows;
 pub mod schema;
+#[cfg(test)]
+mod testing;
 mod train_log;
 
+pub use digest::{cached_file_digest, default_cache_dir, file_digest, model_digest, weight_files};
 pub use error::{ContentError, DataError};
 pub use fingerprint::{
     canonical_json, prompt_id_for, prompt_id_for_messages, row_seed, stage_fingerprint,
 };
+pub use io::{read_meta, read_prompts, read_rows, write_atomically, write_rows, EXTERNAL_STAGE};
 pub use metadata::{
     FileMeta, InputRef, ModelRef, KEY_CONFIG, KEY_FINGERPRINT, KEY_INPUTS, KEY_MODELS, KEY_PREFIX,
     KEY_SCHEMA, KEY_STAGE, KEY_VERSION,
