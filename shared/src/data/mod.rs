@@ -14,6 +14,7 @@
 //! Errors are [`DataError`]s, which name the file, and inside it the column, key or row, what was
 //! found and what was expected.
 
+mod chunks;
 mod columns;
 mod digest;
 mod error;
@@ -27,6 +28,7 @@ pub mod schema;
 mod testing;
 mod train_log;
 
+pub use chunks::{chunk_dir, ChunkStore, CHUNK_KEYS, CHUNK_STAGE};
 pub use digest::{cached_file_digest, default_cache_dir, file_digest, model_digest, weight_files};
 pub use error::{ContentError, DataError};
 pub use fingerprint::{
