@@ -1,1 +1,48 @@
-//! data
+//! The data contracts between the pipeline stages (DESIGN.md, "Parquet schemas (version 1)" and
+//! "Fingerprints, caching, atomic writes").
+//!
+//! - [`schema`]: the file kinds and their Arrow schemas.
+//! - [`Rows`] and the row types ([`SampleRow`], [`PromptRow`], [`TrainLogRow`], ...): one plain
+//!   struct per kind, converted to and from Arrow record batches.
+//! - [`FileMeta`]: the `rspo.*` Parquet key-value metadata every file carries.
+//! - [`read_rows`], [`read_prompts`], [`read_meta`], [`write_rows`], [`write_atomically`]:
+//!   checked reads, atomic and byte-reproducible writes.
+//! - [`stage_fingerprint`], [`canonical_json`], [`prompt_id_for`], [`row_seed`]: hashing.
+//! - [`model_digest`]: cached digests of model weights.
+//! - [`ChunkStore`]: resumable chunked output for long stages.
+//!
+//! Errors are [`DataError`]s, which name the file, and inside it the column, key or row, what was
+//! found and what was expected.
+
+mod chunks;
+mod columns;
+mod digest;
+mod error;
+mod fingerprint;
+mod io;
+mod metadata;
+mod prompts;
+mod rows;
+pub mod schema;
+#[cfg(test)]
+mod testing;
+mod train_log;
+
+pub use chunks::{chunk_dir, ChunkStore, CHUNK_KEYS, CHUNK_STAGE};
+pub use digest::{cached_file_digest, default_cache_dir, file_digest, model_digest, weight_files};
+pub use error::{ContentError, DataError};
+pub use fingerprint::{
+    canonical_json, prompt_id_for, prompt_id_for_messages, row_seed, stage_fingerprint,
+};
+pub use io::{read_meta, read_prompts, read_rows, write_atomically, write_rows, EXTERNAL_STAGE};
+pub use metadata::{
+    FileMeta, InputRef, ModelRef, KEY_CONFIG, KEY_FINGERPRINT, KEY_INPUTS, KEY_MODELS, KEY_PREFIX,
+    KEY_SCHEMA, KEY_STAGE, KEY_VERSION,
+};
+pub use prompts::{prompts_from_batch, PromptOptions, PromptRow};
+pub use rows::{
+    check_unique_keys, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow, Rows, SampleRow,
+    ScoreRow, WinrateRow,
+};
+pub use schema::FileKind;
+pub use train_log::TrainLogRow;
