@@ -203,7 +203,7 @@ fn fit(x: &[f64], p: &[f64], fit_length: bool) -> Result<(f64, f64, usize), LcWi
         }
         let (d0, d1) = if fit_length {
             let det = h00 * h11 - h01 * h01;
-            if !(det > 0.0) {
+            if det.is_nan() || det <= 0.0 {
                 // Cannot happen with a finite maximum and varying x; stop rather than divide by 0.
                 return Err(LcWinrateError::NoConvergence {
                     iterations: iteration,
@@ -212,7 +212,7 @@ fn fit(x: &[f64], p: &[f64], fit_length: bool) -> Result<(f64, f64, usize), LcWi
             }
             ((h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det)
         } else {
-            if !(h00 > 0.0) {
+            if h00.is_nan() || h00 <= 0.0 {
                 return Err(LcWinrateError::NoConvergence {
                     iterations: iteration,
                     decrement,
