@@ -1,7 +1,7 @@
 //! Evaluation metrics over a model's responses (the `evaluate` stage's numbers).
 //!
-//! [`lc_winrate`] fits AlpacaEval 2's length-controlled win rate (minimal GLM) to a model's
-//! preferences against a baseline; [`diversity`] measures how different each prompt's K samples
+//! [`lc_winrate()`] fits AlpacaEval 2's length-controlled win rate (minimal GLM) to a model's
+//! preferences against a baseline; [`diversity()`] measures how different each prompt's K samples
 //! are (self-BLEU-3 via NLTK-compatible [`sentence_bleu`], distinct-1/2); [`mean_response_length`],
 //! [`eos_rate`] and [`mean_log_ratio`] summarize the responses themselves. Everything here works on
 //! in-memory slices; Parquet I/O is `data`'s job.

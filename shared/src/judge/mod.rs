@@ -2,8 +2,8 @@
 //!
 //! A prompt's K samples are compared pairwise into a [`PreferenceMatrix`] (from a pairwise judge's
 //! `preferences.parquet` rows, or lifted from a scalar judge's scores with [`matrix_from_scores`]);
-//! [`winrates`] turns it into each sample's win rate and rank. [`intransitive_share`] and
-//! [`position_disagreement`] describe the judge itself: how often its preferences cycle and how much
+//! [`winrates()`] turns it into each sample's win rate and rank. [`intransitive_share`] and
+//! [`position_disagreement()`] describe the judge itself: how often its preferences cycle and how much
 //! its verdict depends on which response it saw first. Everything here is in-memory; reading and
 //! writing the Parquet files is `data`'s job.
 
