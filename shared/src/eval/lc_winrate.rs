@@ -101,16 +101,22 @@ pub fn lc_winrate(
     }
 
     let differences: Vec<f64> = (0..n).map(|r| len_model[r] - len_baseline[r]).collect();
-    let mean_difference = differences.iter().sum::<f64>() / n as f64;
-    let length_std = (differences
-        .iter()
-        .map(|d| (d - mean_difference).powi(2))
-        .sum::<f64>()
-        / n as f64)
-        .sqrt();
-    // With equal differences everywhere the length term is constant (collinear with b0, or 0/0):
-    // there is no length variation to control for, so only b0 is fitted.
-    let fit_length = length_std > 0.0;
+    // Decided on the differences themselves, not on std > 0: the mean of equal non-integer
+    // differences can round, leaving a spurious std of 1e-17.
+    let fit_length = differences.iter().any(|&d| d != differences[0]);
+    let length_std = if fit_length {
+        let mean_difference = differences.iter().sum::<f64>() / n as f64;
+        (differences
+            .iter()
+            .map(|d| (d - mean_difference).powi(2))
+            .sum::<f64>()
+            / n as f64)
+            .sqrt()
+    } else {
+        // No length variation to control for (the term would be collinear with b0, or 0/0):
+        // only b0 is fitted.
+        0.0
+    };
     let features: Vec<f64> = if fit_length {
         differences
             .iter()
@@ -348,6 +354,12 @@ mod tests {
         assert!((got.b0 - (7.0f64 / 3.0).ln()).abs() < 1e-12, "{got:?}");
         assert!((got.lc_winrate_pct - 70.0).abs() < 1e-9);
         assert!((got.raw_winrate_pct - 70.0).abs() < 1e-12);
+
+        // Equal non-integer differences whose mean rounds (7 x 0.1 / 7 != 0.1) are no variation either.
+        let p = [0.9, 0.5, 0.7, 0.7, 0.7, 0.7, 0.7];
+        let got = lc_winrate(&[0.1; 7], &[0.0; 7], &p).unwrap();
+        assert_eq!((got.length_std, got.b1), (0.0, 0.0));
+        assert!((got.lc_winrate_pct - 70.0).abs() < 1e-9, "{got:?}");
     }
 
     #[test]
