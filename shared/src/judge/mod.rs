@@ -1,1 +1,22 @@
-//! judge
+//! Judges' preferences and what self-play needs from them.
+//!
+//! A prompt's K samples are compared pairwise into a [`PreferenceMatrix`] (from a pairwise judge's
+//! `preferences.parquet` rows, or lifted from a scalar judge's scores with [`matrix_from_scores`]);
+//! [`winrates()`] turns it into each sample's win rate and rank. [`intransitive_share`] and
+//! [`position_disagreement()`] describe the judge itself: how often its preferences cycle and how much
+//! its verdict depends on which response it saw first. Everything here is in-memory; reading and
+//! writing the Parquet files is `data`'s job.
+
+mod intransitivity;
+mod position_disagreement;
+mod preference_matrix;
+mod scalar_scores;
+mod winrate;
+
+pub use intransitivity::{find_three_cycle, has_three_cycle, intransitive_share};
+pub use position_disagreement::{
+    position_disagreement, PositionDisagreement, PositionDisagreementError, TwoOrderVerdict,
+};
+pub use preference_matrix::{PairPreference, PreferenceError, PreferenceMatrix};
+pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
+pub use winrate::{winrates, Convention, SampleWinrate};
