@@ -9,7 +9,9 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 fn expected(name: &str) -> Value {
@@ -18,29 +20,62 @@ fn expected(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn load(name: &str) -> Transformer {
-    Checkpoint::open(&fixture(name)).unwrap().load_model(DType::F32, &Device::Cpu).unwrap()
+    Checkpoint::open(&fixture(name))
+        .unwrap()
+        .load_model(DType::F32, &Device::Cpu)
+        .unwrap()
 }
 
-const GREEDY: SamplingParams = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0 };
+const GREEDY: SamplingParams = SamplingParams {
+    temperature: 0.0,
+    top_p: 1.0,
+    top_k: 0,
+};
 
 #[test]
 fn temperature_zero_reproduces_greedy_tokens_alone_and_in_a_batch() {
-    for name in ["tiny-llama", "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-llama3",
+        "tiny-mistral",
+        "tiny-qwen2",
+        "tiny-qwen3",
+    ] {
         let model = load(name);
         let exp = expected(name);
         let g = &exp["greedy"];
         let want = ids(&g["output_ids"]);
         let prompt = ids(&g["prompt_ids"]);
-        let req = |p: Vec<u32>| GenerationRequest { prompt_ids: p, seed: 0 };
-        let alone = generate(&model, &[req(prompt.clone())], &GREEDY, want.len(), &[], |_| {}).unwrap();
+        let req = |p: Vec<u32>| GenerationRequest {
+            prompt_ids: p,
+            seed: 0,
+        };
+        let alone = generate(
+            &model,
+            &[req(prompt.clone())],
+            &GREEDY,
+            want.len(),
+            &[],
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(alone[0].response_ids, want, "{name} alone");
         assert_eq!(alone[0].finish, Finish::Length);
         // Next to longer and shorter prompts (different padding), the same tokens.
-        let others: Vec<Vec<u32>> = exp["sequences"].as_array().unwrap().iter().map(|s| ids(&s["input_ids"])).collect();
+        let others: Vec<Vec<u32>> = exp["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| ids(&s["input_ids"]))
+            .collect();
         let mut batch = vec![req(others[1].clone()), req(prompt.clone())];
         batch.extend(others.iter().map(|o| req(o[..3].to_vec())));
         let out = generate(&model, &batch, &GREEDY, want.len(), &[], |_| {}).unwrap();
@@ -56,7 +91,10 @@ fn stop_tokens_end_a_row_and_are_kept() {
     // Pretend the 5th greedy token is EOS: the row stops there, the token included.
     let out = generate(
         &model,
-        &[GenerationRequest { prompt_ids: ids(&g["prompt_ids"]), seed: 0 }],
+        &[GenerationRequest {
+            prompt_ids: ids(&g["prompt_ids"]),
+            seed: 0,
+        }],
         &GREEDY,
         12,
         &[want[4]],
@@ -71,10 +109,21 @@ fn stop_tokens_end_a_row_and_are_kept() {
 /// transformers in model_fixtures.rs).
 fn next_token_logits(model: &Transformer, prompt: &[u32]) -> Vec<f64> {
     let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
-    let x = Tensor::new(prompt, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let h = model.forward_hidden(&x, &mut cache).unwrap();
-    let l = model.logits(&h.narrow(1, prompt.len() - 1, 1).unwrap()).unwrap();
-    l.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
+    let l = model
+        .logits(&h.narrow(1, prompt.len() - 1, 1).unwrap())
+        .unwrap();
+    l.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 /// The nucleus written out from its definition (Holtzman et al.): the most likely tokens
@@ -82,11 +131,15 @@ fn next_token_logits(model: &Transformer, prompt: &[u32]) -> Vec<f64> {
 fn nucleus(logits: &[f64], temperature: f64, top_p: f64) -> Vec<(usize, f64)> {
     let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let z: f64 = logits.iter().map(|l| ((l - max) / temperature).exp()).sum();
-    let mut p: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, l)| (i, ((l - max) / temperature).exp() / z)).collect();
+    let mut p: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i, ((l - max) / temperature).exp() / z))
+        .collect();
     p.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut mass = 0.0;
     let mut keep = 0;
-    while mass < top_p {
+    while mass < top_p && keep < p.len() {
         mass += p[keep].1;
         keep += 1;
     }
@@ -96,7 +149,11 @@ fn nucleus(logits: &[f64], temperature: f64, top_p: f64) -> Vec<(usize, f64)> {
 
 /// Pearson's chi-square statistic of observed counts against expected probabilities.
 fn chi_square(counts: &[f64], probs: &[f64], n: f64) -> f64 {
-    counts.iter().zip(probs).map(|(c, p)| (c - n * p).powi(2) / (n * p)).sum()
+    counts
+        .iter()
+        .zip(probs)
+        .map(|(c, p)| (c - n * p).powi(2) / (n * p))
+        .sum()
 }
 
 #[test]
@@ -106,16 +163,32 @@ fn first_sampled_token_follows_temperature_and_top_p() {
     let logits = next_token_logits(&model, &prompt);
     let (t, top_p) = (0.2, 0.8);
     let want = nucleus(&logits, t, top_p);
-    assert!(want.len() >= 4 && want.len() < 40, "nucleus of {} tokens; pick other settings", want.len());
+    assert!(
+        want.len() >= 4 && want.len() < 40,
+        "nucleus of {} tokens; pick other settings",
+        want.len()
+    );
 
-    let n = 6000;
-    let requests: Vec<GenerationRequest> = (0..n).map(|s| GenerationRequest { prompt_ids: prompt.clone(), seed: s as u64 }).collect();
-    let params = SamplingParams { temperature: t, top_p, top_k: 0 };
+    let n = 4000;
+    let requests: Vec<GenerationRequest> = (0..n)
+        .map(|s| GenerationRequest {
+            prompt_ids: prompt.clone(),
+            seed: s as u64,
+        })
+        .collect();
+    let params = SamplingParams {
+        temperature: t,
+        top_p,
+        top_k: 0,
+    };
     let out = generate(&model, &requests, &params, 1, &[], |_| {}).unwrap();
     let mut counts = vec![0.0; want.len()];
     for o in &out {
         let tok = o.response_ids[0] as usize;
-        let bin = want.iter().position(|w| w.0 == tok).unwrap_or_else(|| panic!("sampled token {tok} outside the nucleus"));
+        let bin = want
+            .iter()
+            .position(|w| w.0 == tok)
+            .unwrap_or_else(|| panic!("sampled token {tok} outside the nucleus"));
         counts[bin] += 1.0;
     }
     let probs: Vec<f64> = want.iter().map(|w| w.1).collect();
@@ -126,19 +199,25 @@ fn first_sampled_token_follows_temperature_and_top_p() {
     let critical = df + 3.1 * (2.0 * df).sqrt() + 5.0;
     assert!(stat < critical, "chi-square {stat} >= {critical} (df {df})");
 
-    // The same draws judged against a wrong temperature or no top-p cut must fail.
+    // The same draws judged against a wrong temperature or no top-p cut must fail. Bins: the
+    // true nucleus's tokens plus one bin for everything else.
     for (wt, wp) in [(0.3, top_p), (t, 1.0)] {
-        let wrong = nucleus(&logits, wt, wp);
-        let mut wcounts = vec![0.0; wrong.len()];
-        for o in &out {
-            if let Some(bin) = wrong.iter().position(|w| w.0 == o.response_ids[0] as usize) {
-                wcounts[bin] += 1.0;
-            }
-        }
-        let wprobs: Vec<f64> = wrong.iter().map(|w| w.1).collect();
-        let wdf = (wrong.len() - 1) as f64;
+        let wrong: std::collections::HashMap<usize, f64> =
+            nucleus(&logits, wt, wp).into_iter().collect();
+        let mut wprobs: Vec<f64> = want
+            .iter()
+            .map(|w| wrong.get(&w.0).copied().unwrap_or(0.0))
+            .collect();
+        let other = 1.0 - wprobs.iter().sum::<f64>();
+        let mut wcounts = counts.clone();
+        wprobs.push(other.max(1e-12));
+        wcounts.push(0.0);
+        let wdf = (wprobs.len() - 1) as f64;
         let wstat = chi_square(&wcounts, &wprobs, n as f64);
-        assert!(wstat > wdf + 3.1 * (2.0 * wdf).sqrt() + 5.0, "T {wt} top-p {wp} not rejected: {wstat}");
+        assert!(
+            wstat > wdf + 3.1 * (2.0 * wdf).sqrt() + 5.0,
+            "T {wt} top-p {wp} not rejected: {wstat}"
+        );
     }
 }
 
@@ -146,9 +225,23 @@ fn first_sampled_token_follows_temperature_and_top_p() {
 fn rows_sample_the_same_whatever_the_batch() {
     let model = load("tiny-llama");
     let exp = expected("tiny-llama");
-    let prompts: Vec<Vec<u32>> = exp["sequences"].as_array().unwrap().iter().map(|s| ids(&s["input_ids"])).collect();
-    let params = SamplingParams { temperature: 0.7, top_p: 0.9, top_k: 0 };
-    let requests: Vec<GenerationRequest> = (0..8).map(|i| GenerationRequest { prompt_ids: prompts[i % 3].clone(), seed: 100 + i as u64 }).collect();
+    let prompts: Vec<Vec<u32>> = exp["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["input_ids"]))
+        .collect();
+    let params = SamplingParams {
+        temperature: 0.7,
+        top_p: 0.9,
+        top_k: 0,
+    };
+    let requests: Vec<GenerationRequest> = (0..8)
+        .map(|i| GenerationRequest {
+            prompt_ids: prompts[i % 3].clone(),
+            seed: 100 + i as u64,
+        })
+        .collect();
     let together = generate(&model, &requests, &params, 10, &[2], |_| {}).unwrap();
     for (r, t) in requests.iter().zip(&together) {
         let alone = generate(&model, std::slice::from_ref(r), &params, 10, &[2], |_| {}).unwrap();
@@ -161,6 +254,20 @@ fn rows_sample_the_same_whatever_the_batch() {
 fn prompt_longer_than_the_context_is_refused() {
     let model = load("tiny-llama");
     let long = vec![1u32; model.cfg.max_position_embeddings + 1];
-    let err = generate(&model, &[GenerationRequest { prompt_ids: long, seed: 0 }], &GREEDY, 4, &[], |_| {}).unwrap_err();
-    assert!(err.to_string().contains("longer than the model's context"), "{err}");
+    let err = generate(
+        &model,
+        &[GenerationRequest {
+            prompt_ids: long,
+            seed: 0,
+        }],
+        &GREEDY,
+        4,
+        &[],
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("longer than the model's context"),
+        "{err}"
+    );
 }

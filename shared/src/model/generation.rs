@@ -2,11 +2,12 @@
 //! step; a row that reaches a stop token or its length limit leaves the batch (and the cache),
 //! so finished rows stop costing compute.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::kv_cache::KvCache;
-use super::logprobs::left_pad;
 use super::sampling::{raw_logprob, sample, RowRng, SamplingParams};
 use super::transformer::Transformer;
 use super::{ModelError, Result};
@@ -53,9 +54,23 @@ pub fn generate(
         }
     }
     let dev = model.device().clone();
-    let prompts: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt_ids.clone()).collect();
-    let (ids, pads) = left_pad(&prompts, 0, &dev)?;
-    let mut cache = KvCache::new(model.cfg.num_hidden_layers, pads);
+    let layers = model.cfg.num_hidden_layers;
+
+    // Prefill each distinct prompt alone: a row's numbers never depend on its batch, and the K
+    // samples of a prompt share one prefill.
+    let mut prefilled: HashMap<&[u32], (KvCache, Arc<[f32]>)> = HashMap::new();
+    for r in requests {
+        if prefilled.contains_key(r.prompt_ids.as_slice()) {
+            continue;
+        }
+        let mut cache = KvCache::new(layers, vec![0]);
+        let ids = Tensor::new(r.prompt_ids.as_slice(), &dev)?.unsqueeze(0)?;
+        let hidden = model.forward_hidden(&ids, &mut cache)?;
+        let last = hidden.narrow(1, r.prompt_ids.len() - 1, 1)?;
+        let logits = model.logits(&last)?.to_dtype(DType::F32)?.flatten_all()?;
+        let logits: Arc<[f32]> = logits.to_vec1::<f32>()?.into();
+        prefilled.insert(r.prompt_ids.as_slice(), (cache, logits));
+    }
 
     let mut outputs: Vec<GenerationOutput> = requests
         .iter()
@@ -75,18 +90,18 @@ pub fn generate(
         .filter(|&i| budget[i] > 0)
         .map(|i| (i, RowRng::new(requests[i].seed)))
         .collect();
-    let mut input = ids;
-    if active.len() < requests.len() {
-        let rows: Vec<usize> = active.iter().map(|a| a.0).collect();
-        cache.retain_rows(&rows)?;
-        input = input.index_select(&index(&rows, &dev)?, 0)?;
-    }
+    let row_caches: Vec<KvCache> = active
+        .iter()
+        .map(|&(i, _)| prefilled[requests[i].prompt_ids.as_slice()].0.clone())
+        .collect();
+    let mut cache = KvCache::stack(&row_caches)?;
+    let mut logits: Vec<Arc<[f32]>> = active
+        .iter()
+        .map(|&(i, _)| prefilled[requests[i].prompt_ids.as_slice()].1.clone())
+        .collect();
+    drop(prefilled);
 
     while !active.is_empty() {
-        let hidden = model.forward_hidden(&input, &mut cache)?;
-        let t = hidden.dim(1)?;
-        let logits = model.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?;
-        let logits = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let picks: Vec<(u32, f64)> = logits
             .par_iter()
             .zip(active.par_iter_mut())
@@ -123,15 +138,16 @@ pub fn generate(
             }
         }
         active = kept;
-        input = Tensor::from_vec(next, (active.len(), 1), &dev)?;
+        let input = Tensor::from_vec(next, (active.len(), 1), &dev)?;
+        let hidden = model.forward_hidden(&input, &mut cache)?;
+        logits = model
+            .logits(&hidden)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?
+            .into_iter()
+            .map(Arc::from)
+            .collect();
     }
     Ok(outputs)
-}
-
-fn index(rows: &[usize], dev: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(
-        rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
-        rows.len(),
-        dev,
-    )?)
 }

@@ -5,6 +5,7 @@ use candle_core::{Device, Tensor};
 
 use super::Result;
 
+#[derive(Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Per row: how many leading columns are padding.
@@ -116,5 +117,40 @@ impl KvCache {
             }
         }
         Ok(Tensor::from_vec(mask, (b, 1, t, total), dev)?)
+    }
+}
+
+impl KvCache {
+    /// Joins single-row caches (no padding) into one left-padded batch cache.
+    pub fn stack(rows: &[KvCache]) -> Result<Self> {
+        let num_layers = rows.first().map_or(0, |c| c.layers.len());
+        let total = rows.iter().map(|c| c.len).max().unwrap_or(0);
+        let pad: Vec<usize> = rows.iter().map(|c| total - c.len).collect();
+        let mut layers = Vec::with_capacity(num_layers);
+        for l in 0..num_layers {
+            let mut ks = Vec::with_capacity(rows.len());
+            let mut vs = Vec::with_capacity(rows.len());
+            for (c, &p) in rows.iter().zip(&pad) {
+                let Some((k, v)) = &c.layers[l] else {
+                    return Ok(KvCache::new(num_layers, pad));
+                };
+                let left = |t: &Tensor| -> Result<Tensor> {
+                    if p == 0 {
+                        return Ok(t.clone());
+                    }
+                    let (b, h, _, d) = t.dims4()?;
+                    let zeros = Tensor::zeros((b, h, p, d), t.dtype(), t.device())?;
+                    Ok(Tensor::cat(&[&zeros, t], 2)?)
+                };
+                ks.push(left(k)?);
+                vs.push(left(v)?);
+            }
+            layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
+        }
+        Ok(KvCache {
+            layers,
+            pad,
+            len: total,
+        })
     }
 }

@@ -20,12 +20,12 @@ pub use chat_template::ChatTemplate;
 pub use checkpoint::Checkpoint;
 pub use config::{Arch, Head, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
+pub use generation::{generate, Finish, GenerationOutput, GenerationRequest};
 pub use kv_cache::KvCache;
 pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,
     ResponseLogprobs,
 };
+pub use sampling::{sampling_distribution, RowRng, SamplingParams};
 pub use transformer::{Linear, LoraAdapter, Transformer};
 pub use weights::{save_safetensors, weight_files, Weights};
-pub use generation::{generate, Finish, GenerationOutput, GenerationRequest};
-pub use sampling::{sampling_distribution, RowRng, SamplingParams};

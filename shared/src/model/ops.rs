@@ -78,3 +78,115 @@ mod tests {
         Ok(())
     }
 }
+
+/// Up to this many rows, `linear_t` on the CPU uses the row-invariant kernel below.
+pub const ROW_INVARIANT_MAX_ROWS: usize = 64;
+
+/// `x W^T` for x (..., k) and W (n, k). Decoding-sized inputs on the CPU run a kernel whose
+/// result for a row does not depend on the other rows of the batch (a BLAS-style gemm picks
+/// different blockings for different row counts, and a 1e-6 difference flips a sampled token
+/// now and then). That is what makes a row's samples identical at batch size 1 and 8.
+pub fn linear_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let rows = x.elem_count() / x.dim(D::Minus1)?;
+    if x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && rows <= ROW_INVARIANT_MAX_ROWS
+        && !needs_grad(&[x, w])
+    {
+        let x = x.contiguous()?;
+        let w = w.contiguous()?;
+        return x.apply_op2_no_bwd(&w, &RowInvariantMatmulT);
+    }
+    x.broadcast_matmul(&w.t()?)
+}
+
+struct RowInvariantMatmulT;
+
+impl candle_core::CustomOp2 for RowInvariantMatmulT {
+    fn name(&self) -> &'static str {
+        "row-invariant-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("row-invariant matmul needs contiguous inputs")
+        };
+        let x = &s1.as_slice::<f32>()?[x0..x1];
+        let w = &s2.as_slice::<f32>()?[w0..w1];
+        let (n, k) = l2.shape().dims2()?;
+        if l1.shape().dims().last() != Some(&k) {
+            candle_core::bail!(
+                "row-invariant matmul: {:?} x {:?}^T",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let m = x.len() / k;
+        let mut out = vec![0f32; m * n];
+        // Columns of W in parallel blocks; every (row, column) dot product is computed the same
+        // way whatever m is, and W is streamed once for all rows.
+        const BLOCK: usize = 64;
+        let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let (c0, c1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+                let mut block = vec![0f32; m * (c1 - c0)];
+                for c in c0..c1 {
+                    let wc = &w[c * k..(c + 1) * k];
+                    for r in 0..m {
+                        block[r * (c1 - c0) + c - c0] = dot(&x[r * k..(r + 1) * k], wc);
+                    }
+                }
+                block
+            })
+            .collect();
+        for (b, block) in blocks.iter().enumerate() {
+            let (c0, width) = (b * BLOCK, block.len() / m.max(1));
+            for r in 0..m {
+                out[r * n + c0..r * n + c0 + width]
+                    .copy_from_slice(&block[r * width..(r + 1) * width]);
+            }
+        }
+        let mut dims = l1.shape().dims().to_vec();
+        *dims.last_mut().unwrap() = n;
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from(dims),
+        ))
+    }
+}
+
+/// A dot product with 16 independent lanes (vectorises well) reduced in a fixed order.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let chunks = a.len() / LANES;
+    for i in 0..chunks {
+        let (ai, bi) = (
+            &a[i * LANES..(i + 1) * LANES],
+            &b[i * LANES..(i + 1) * LANES],
+        );
+        for l in 0..LANES {
+            acc[l] += ai[l] * bi[l];
+        }
+    }
+    let mut tail = 0f32;
+    for i in chunks * LANES..a.len() {
+        tail += a[i] * b[i];
+    }
+    let mut s = 0f32;
+    for l in acc {
+        s += l;
+    }
+    s + tail
+}

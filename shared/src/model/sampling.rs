@@ -125,7 +125,12 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut RowRng) -> u32 
 /// log-softmax of the raw logits at `token` (the `sample_logprob` diagnostic).
 pub fn raw_logprob(logits: &[f32], token: u32) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     logits[token as usize] as f64 - lse
 }
 
@@ -159,12 +164,20 @@ mod tests {
     fn top_p_keeps_the_smallest_nucleus() {
         // probs 0.5, 0.3, 0.15, 0.05 (logits = ln p, temperature 1).
         let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-        let p = SamplingParams { temperature: 1.0, top_p: 0.75, top_k: 0 };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.75,
+            top_k: 0,
+        };
         // Ascending cumulative mass: 0.05 and 0.20 are <= 0.25 (dropped), 0.35 is not.
         let d = sampling_distribution(&logits, &p);
         assert_eq!(d.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((d[0].1 - 0.5 / 0.8).abs() < 1e-6);
-        let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 2 };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 2,
+        };
         let d = sampling_distribution(&logits, &p);
         assert_eq!(d.len(), 2);
         assert!((d[0].1 - 0.5 / 0.8).abs() < 1e-6);
@@ -172,7 +185,11 @@ mod tests {
 
     #[test]
     fn greedy_is_argmax() {
-        let p = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0 };
+        let p = SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        };
         assert_eq!(sample(&[0.1, 3.0, -1.0], &p, &mut RowRng::new(0)), 1);
     }
 }

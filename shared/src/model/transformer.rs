@@ -51,14 +51,12 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = x.broadcast_matmul(&self.weight.t()?)?;
+        let mut y = ops::linear_t(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(lora) = &self.lora {
-            let delta = x
-                .broadcast_matmul(&lora.a.t()?)?
-                .broadcast_matmul(&lora.b.t()?)?;
+            let delta = ops::linear_t(&ops::linear_t(x, &lora.a)?, &lora.b)?;
             y = (y + (delta * lora.scale)?)?;
         }
         Ok(y)
@@ -193,6 +191,8 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
+        pads: &[usize],
+        window: Option<usize>,
         cache: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -225,16 +225,39 @@ impl Attention {
         };
         *cache = Some((k.clone(), v.clone()));
 
-        // Grouped-query attention: each key/value head serves `num_heads / num_kv_heads` queries.
-        let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
-        let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
-        // Scores and softmax in f32 at least, whatever the model dtype.
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-        let scores = scores
-            .to_dtype(ops::at_least_f32(scores.dtype()))?
-            .broadcast_add(&mask.to_dtype(ops::at_least_f32(scores.dtype()))?)?;
-        let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let y = probs.matmul(&v)?;
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let scale = 1.0 / (d as f64).sqrt();
+        let y = if t == 1 && !q.track_op() {
+            // Decoding: each row attends over exactly its own real (and in-window) columns, so
+            // its numbers are those it gets alone, whatever else is in the batch.
+            let total = k.dim(2)?;
+            let mut rows = Vec::with_capacity(b);
+            for (r, &pad) in pads.iter().enumerate() {
+                let start = match window {
+                    Some(w) => pad.max(total.saturating_sub(w)),
+                    None => pad,
+                };
+                let kr = repeat_kv(&k.narrow(0, r, 1)?.narrow(2, start, total - start)?, n_rep)?;
+                let vr = repeat_kv(&v.narrow(0, r, 1)?.narrow(2, start, total - start)?, n_rep)?;
+                let scores = (q.narrow(0, r, 1)?.matmul(&kr.t()?)? * scale)?;
+                let scores = scores.to_dtype(ops::at_least_f32(scores.dtype()))?;
+                let probs = ops::softmax_last_dim(&scores)?.to_dtype(vr.dtype())?;
+                rows.push(probs.matmul(&vr)?);
+            }
+            Tensor::cat(&rows, 0)?
+        } else {
+            // Grouped-query attention: each key/value head serves `n_rep` query heads.
+            let k = repeat_kv(&k, n_rep)?;
+            let v = repeat_kv(&v, n_rep)?;
+            // Scores and softmax in f32 at least, whatever the model dtype.
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let wide = ops::at_least_f32(scores.dtype());
+            let scores = scores
+                .to_dtype(wide)?
+                .broadcast_add(&mask.to_dtype(wide)?)?;
+            let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+            probs.matmul(&v)?
+        };
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * d))?;
         Ok(self.o_proj.forward(&y)?)
     }
@@ -384,6 +407,7 @@ impl Transformer {
             .rotary
             .cos_sin(&positions, self.dtype(), self.device())?;
 
+        let pads: Vec<usize> = (0..b).map(|r| cache.pad(r)).collect();
         let mut x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
@@ -400,9 +424,15 @@ impl Transformer {
             };
             let residual = &x;
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer
-                .self_attn
-                .forward(&h, &cos, &sin, &mask, cache.layer_mut(i))?;
+            let h = layer.self_attn.forward(
+                &h,
+                &cos,
+                &sin,
+                &mask,
+                &pads,
+                layer.sliding_window,
+                cache.layer_mut(i),
+            )?;
             let x1 = (residual + h)?;
             let h = layer.post_attention_layernorm.forward(&x1)?;
             x = (&x1 + layer.mlp.forward(&h)?)?;
@@ -421,7 +451,7 @@ impl Transformer {
 
     /// Vocabulary logits for hidden states (..., hidden) -> (..., vocab).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden.broadcast_matmul(&self.lm_head_weight().t()?)?)
+        Ok(ops::linear_t(hidden, self.lm_head_weight())?)
     }
 
     /// Reward-model scores (b, num_labels) from the hidden state at each row's last column,
