@@ -6,11 +6,14 @@
 //! - [`judge`]: preference models and win rates.
 //! - [`train`]: the RSPO loss and the optimizers.
 //! - [`eval`]: evaluation metrics.
+//! - [`stage`]: the five pipeline stages, as functions the binaries call.
 
 pub mod data;
 pub mod eval;
+pub mod hub;
 pub mod judge;
 pub mod model;
+pub mod stage;
 pub mod train;
 
 /// The crate version written into every output file (`rspo.version`).

@@ -383,7 +383,7 @@ fn chat_template_renders_and_raises() {
 }
 
 #[test]
-fn rendered_prompt_tokenizes_as_transformers_does() {
+fn encoding_inverts_decoding_of_a_fixture_conversation() {
     // The third tiny-llama sequence is a rendered `[INST] ... [/INST]` conversation.
     let (ck, _) = load("tiny-llama");
     let seq = ids(&expected("tiny-llama")["sequences"][2]["input_ids"]);

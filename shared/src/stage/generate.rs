@@ -1,0 +1,515 @@
+//! `generate`: K samples per prompt from the policy (`sample`), teacher-forced log-probs of
+//! those samples under a model (`logprobs`), and joining shard outputs (`merge`).
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::context::{
+    content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput,
+};
+use super::progress::Progress;
+use super::settings::Settings;
+use crate::data::{
+    read_meta, read_prompts, read_rows, row_seed, write_rows, ChunkStore, FileKind, FileMeta,
+    FinishReason, LogprobRow, PromptOptions, SampleRow,
+};
+use crate::model::{
+    generate, teacher_forced_logprobs, Checkpoint, Finish, GenerationRequest, PromptResponse,
+    SamplingParams, Transformer,
+};
+
+/// The `[generate]` section of a pipeline config; flags override it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerateSettings {
+    /// Samples per prompt.
+    pub k: u32,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 keeps every token.
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    /// The run seed; each row's seed is blake3(seed, prompt_id, sample_idx, iteration).
+    pub seed: u64,
+    /// The RSPO iteration (part of each row's seed).
+    pub iteration: u32,
+    /// Rows decoded (or scored, for log-probs) together.
+    pub batch_size: usize,
+    /// Read prompts from this column instead of `prompt` / `messages`.
+    pub prompt_column: Option<String>,
+    pub device: String,
+    /// f32 or bf16; default f32 on CPU, bf16 on CUDA.
+    pub dtype: Option<String>,
+}
+
+impl Default for GenerateSettings {
+    fn default() -> Self {
+        GenerateSettings {
+            k: 5,
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 0,
+            max_new_tokens: 512,
+            seed: 0,
+            iteration: 1,
+            batch_size: 8,
+            prompt_column: None,
+            device: "cpu".into(),
+            dtype: None,
+        }
+    }
+}
+
+impl Settings for GenerateSettings {
+    const SECTION: &'static str = "generate";
+}
+
+/// Fields that never change what `generate` writes.
+const NOT_CONTENT: &[&str] = &["batch_size", "device"];
+
+/// `--shard I/N`: the I-th of N contiguous slices of the prompts (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (i, n) = s
+            .split_once('/')
+            .with_context(|| format!("--shard {s}: expected I/N, e.g. 0/4"))?;
+        let index: u32 = i
+            .parse()
+            .with_context(|| format!("--shard {s}: I is not a number"))?;
+        let count: u32 = n
+            .parse()
+            .with_context(|| format!("--shard {s}: N is not a number"))?;
+        ensure!(
+            count >= 1 && index < count,
+            "--shard {s}: expected 0 <= I < N"
+        );
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    fn range(&self, n: usize) -> std::ops::Range<usize> {
+        let (i, c) = (self.index as usize, self.count as usize);
+        i * n / c..(i + 1) * n / c
+    }
+}
+
+pub fn dtype_for(setting: Option<&str>, device: &Device) -> Result<DType> {
+    match setting {
+        None if device.is_cuda() => Ok(DType::BF16),
+        None | Some("f32") | Some("float32") => Ok(DType::F32),
+        Some("bf16") | Some("bfloat16") => Ok(DType::BF16),
+        Some("f16") | Some("float16") => Ok(DType::F16),
+        Some(other) => bail!("dtype {other}: expected f32, bf16 or f16"),
+    }
+}
+
+/// Loads a model directory or Hub id for inference.
+pub fn load_model(
+    spec: &str,
+    settings_device: &str,
+    dtype: Option<&str>,
+) -> Result<(Checkpoint, Transformer, DType)> {
+    let dir = resolve_model(spec)?;
+    let ck = Checkpoint::open(&dir).with_context(|| format!("--model {spec}"))?;
+    let device = parse_device(settings_device)?;
+    let dtype = dtype_for(dtype, &device)?;
+    let model = ck
+        .load_model(dtype, &device)
+        .with_context(|| format!("--model {spec}: cannot load the weights"))?;
+    Ok((ck, model, dtype))
+}
+
+pub struct SampleJob<'a> {
+    pub model: &'a str,
+    pub prompts: &'a Path,
+    pub out: &'a Path,
+    pub settings: &'a GenerateSettings,
+    pub shard: Option<Shard>,
+    pub force: bool,
+}
+
+fn check_sampling(s: &GenerateSettings) -> Result<()> {
+    ensure!(
+        s.k >= 1,
+        "--k {}: expected at least 1 sample per prompt",
+        s.k
+    );
+    ensure!(
+        s.temperature >= 0.0 && s.temperature.is_finite(),
+        "--temperature {}: expected a number >= 0 (0 is greedy)",
+        s.temperature
+    );
+    ensure!(
+        s.top_p > 0.0 && s.top_p <= 1.0,
+        "--top-p {}: expected a number in (0, 1]",
+        s.top_p
+    );
+    ensure!(s.max_new_tokens >= 1, "--max-new-tokens must be at least 1");
+    ensure!(s.batch_size >= 1, "--batch-size must be at least 1");
+    Ok(())
+}
+
+/// `generate sample`: K responses per prompt, written to `samples.parquet`.
+pub fn sample(job: &SampleJob) -> Result<Outcome> {
+    let s = job.settings;
+    check_sampling(s)?;
+    let dir = resolve_model(job.model)?;
+    let ck = Checkpoint::open(&dir).with_context(|| format!("--model {}", job.model))?;
+    let options = PromptOptions {
+        prompt_column: s.prompt_column.clone(),
+    };
+    let (prompts_meta, prompts) = read_prompts(job.prompts, &options)?;
+    ensure!(
+        !prompts.is_empty(),
+        "{}: the prompt file has no rows",
+        job.prompts.display()
+    );
+    let mut seen = HashMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        if let Some(first) = seen.insert(p.prompt_id.as_str(), i) {
+            bail!(
+                "{}: prompt_id {:?} appears in rows {first} and {i}; prompt ids must be unique",
+                job.prompts.display(),
+                p.prompt_id
+            );
+        }
+    }
+    let range = job
+        .shard
+        .map_or(0..prompts.len(), |sh| sh.range(prompts.len()));
+    let prompts = &prompts[range];
+
+    let policy = model_ref(&dir)?;
+    let config = content_config(s, NOT_CONTENT)?;
+    let mut output = StageOutput::new(
+        job.out,
+        FileKind::Samples,
+        "generate",
+        &config,
+        &[(job.prompts, &prompts_meta)],
+        &[("policy", policy)],
+    )?;
+    if let Some(sh) = job.shard {
+        // A shard's fingerprint differs from the whole's; merge restores the whole's.
+        output.meta.extra.insert(
+            "unsharded_fingerprint".into(),
+            output.meta.fingerprint.clone(),
+        );
+        output
+            .meta
+            .extra
+            .insert("shard".into(), format!("{}/{}", sh.index, sh.count));
+        output.meta.fingerprint = blake3::hash(
+            format!("{}:{}/{}", output.meta.fingerprint, sh.index, sh.count).as_bytes(),
+        )
+        .to_hex()
+        .to_string();
+    }
+    if !job.force && output.is_up_to_date() {
+        ChunkStore::discard(job.out)?;
+        return Ok(Outcome::UpToDate);
+    }
+    if job.force {
+        ChunkStore::discard(job.out)?;
+    }
+
+    // Render and tokenize everything first: a bad prompt fails before any work is done.
+    let limit = ck.config.max_position_embeddings;
+    let mut rendered = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let text = ck
+            .render_chat(&p.messages, true)
+            .with_context(|| format!("prompt {:?}", p.prompt_id))?;
+        let ids = ck.encode(&text)?;
+        ensure!(
+            ids.len() < limit,
+            "{}: prompt {:?} is {} tokens after the chat template, longer than the model's context of {limit} tokens",
+            job.prompts.display(),
+            p.prompt_id,
+            ids.len()
+        );
+        rendered.push((text, ids));
+    }
+
+    let device = parse_device(&s.device)?;
+    let dtype = dtype_for(s.dtype.as_deref(), &device)?;
+    let model = ck
+        .load_model(dtype, &device)
+        .with_context(|| format!("--model {}: cannot load the weights", job.model))?;
+    let params = SamplingParams {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+    };
+
+    let mut store = ChunkStore::open(job.out, output.fingerprint())?;
+    let pending: Vec<usize> = (0..prompts.len())
+        .filter(|&i| !store.is_completed(&prompts[i].prompt_id))
+        .collect();
+    let mut progress = Progress::new("generate", prompts.len() as u64, "tokens");
+    progress.advance((prompts.len() - pending.len()) as u64);
+    let per_batch = (s.batch_size / s.k as usize).max(1);
+    for group in pending.chunks(per_batch) {
+        let mut requests = Vec::new();
+        for &i in group {
+            for sample_idx in 0..s.k {
+                requests.push(GenerationRequest {
+                    prompt_ids: rendered[i].1.clone(),
+                    seed: row_seed(s.seed, &prompts[i].prompt_id, sample_idx, s.iteration),
+                });
+            }
+        }
+        let outputs = generate(
+            &model,
+            &requests,
+            &params,
+            s.max_new_tokens,
+            &ck.stop_tokens,
+            |n| progress.add_units(n as u64),
+        )?;
+        let mut rows = Vec::with_capacity(outputs.len());
+        for (r, (req, out)) in requests.iter().zip(outputs).enumerate() {
+            let i = group[r / s.k as usize];
+            rows.push(SampleRow {
+                prompt_id: prompts[i].prompt_id.clone(),
+                sample_idx: (r % s.k as usize) as u32,
+                messages: prompts[i].messages.clone(),
+                prompt_text: rendered[i].0.clone(),
+                response: ck.decode(&out.response_ids)?,
+                prompt_token_ids: req.prompt_ids.clone(),
+                response_token_ids: out.response_ids,
+                finish_reason: match out.finish {
+                    Finish::Eos => FinishReason::Eos,
+                    Finish::Length => FinishReason::Length,
+                },
+                sample_logprob: out.sample_logprob,
+                seed: req.seed,
+            });
+        }
+        let keys: Vec<&str> = group
+            .iter()
+            .map(|&i| prompts[i].prompt_id.as_str())
+            .collect();
+        store.write_chunk(&keys, &rows)?;
+        progress.advance(group.len() as u64);
+    }
+    progress.finish();
+    let order: HashMap<&str, usize> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.prompt_id.as_str(), i))
+        .collect();
+    let rows = store.finish(&output.meta, |r: &SampleRow| {
+        (order.get(r.prompt_id.as_str()).copied(), r.sample_idx)
+    })?;
+    Ok(Outcome::Written { rows: rows.len() })
+}
+
+/// Joins `generate sample --shard I/N` outputs (all N of them) into the file an unsharded run
+/// writes.
+pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Outcome> {
+    ensure!(!shards.is_empty(), "merge: no shard files given");
+    let mut parts: Vec<(Shard, FileMeta, Vec<SampleRow>)> = Vec::new();
+    for path in shards {
+        let (meta, rows) = read_rows::<SampleRow>(path)?;
+        let shard: Shard = meta
+            .extra
+            .get("shard")
+            .with_context(|| format!("{}: not a shard (no rspo.shard metadata)", path.display()))?
+            .parse()?;
+        parts.push((shard, meta, rows));
+    }
+    parts.sort_by_key(|p| p.0.index);
+    let count = parts[0].0.count;
+    ensure!(
+        parts.len() == count as usize
+            && parts
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p.0.index == i as u32 && p.0.count == count),
+        "merge: expected the {count} shards 0/{count} .. {}/{count} once each, found {:?}",
+        count - 1,
+        parts
+            .iter()
+            .map(|p| format!("{}/{}", p.0.index, p.0.count))
+            .collect::<Vec<_>>()
+    );
+    let mut meta = parts[0].1.clone();
+    let whole = meta
+        .extra
+        .remove("unsharded_fingerprint")
+        .context("shard without rspo.unsharded_fingerprint")?;
+    meta.extra.remove("shard");
+    for (sh, m, _) in &parts[1..] {
+        ensure!(
+            m.extra.get("unsharded_fingerprint") == Some(&whole),
+            "merge: shard {}/{} comes from another run (other inputs or settings)",
+            sh.index,
+            sh.count
+        );
+    }
+    meta.fingerprint = whole;
+    let rows: Vec<SampleRow> = parts.into_iter().flat_map(|p| p.2).collect();
+    if read_meta(out)
+        .map(|m| m.fingerprint == meta.fingerprint)
+        .unwrap_or(false)
+    {
+        return Ok(Outcome::UpToDate);
+    }
+    write_rows(out, &meta, &rows)?;
+    Ok(Outcome::Written { rows: rows.len() })
+}
+
+pub struct LogprobsJob<'a> {
+    pub model: &'a str,
+    pub samples: &'a Path,
+    pub role: &'a str,
+    pub out: &'a Path,
+    pub settings: &'a GenerateSettings,
+    pub force: bool,
+}
+
+/// `generate logprobs`: log pi(response | prompt) of every sample under a model, per token and
+/// summed, through the same forward pass training uses.
+pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
+    let s = job.settings;
+    ensure!(
+        job.role == "policy" || job.role == "reference",
+        "--role {}: expected policy or reference",
+        job.role
+    );
+    ensure!(s.batch_size >= 1, "--batch-size must be at least 1");
+    let dir = resolve_model(job.model)?;
+    let ck = Checkpoint::open(&dir).with_context(|| format!("--model {}", job.model))?;
+    let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
+    ensure!(!samples.is_empty(), "{}: no samples", job.samples.display());
+    let device = parse_device(&s.device)?;
+    let dtype = dtype_for(s.dtype.as_deref(), &device)?;
+    #[derive(Serialize)]
+    struct Content<'a> {
+        role: &'a str,
+        dtype: String,
+    }
+    let mut output = StageOutput::new(
+        job.out,
+        FileKind::Logprobs,
+        "generate-logprobs",
+        &Content {
+            role: job.role,
+            dtype: format!("{dtype:?}").to_lowercase(),
+        },
+        &[(job.samples, &samples_meta)],
+        &[(job.role, model_ref(&dir)?)],
+    )?;
+    output.meta.extra.insert("role".into(), job.role.into());
+    if !job.force && output.is_up_to_date() {
+        ChunkStore::discard(job.out)?;
+        return Ok(Outcome::UpToDate);
+    }
+    if job.force {
+        ChunkStore::discard(job.out)?;
+    }
+    let limit = ck.config.max_position_embeddings;
+    for r in &samples {
+        let n = r.prompt_token_ids.len() + r.response_token_ids.len();
+        ensure!(
+            n <= limit,
+            "{}: sample ({:?}, {}) is {n} tokens, longer than the model's context of {limit}",
+            job.samples.display(),
+            r.prompt_id,
+            r.sample_idx
+        );
+        ensure!(
+            !r.prompt_token_ids.is_empty(),
+            "{}: sample ({:?}, {}) has no prompt tokens",
+            job.samples.display(),
+            r.prompt_id,
+            r.sample_idx
+        );
+    }
+    let model = ck
+        .load_model(dtype, &device)
+        .with_context(|| format!("--model {}: cannot load the weights", job.model))?;
+
+    // Work unit: all samples of one prompt.
+    let mut groups: Vec<(&str, Vec<&SampleRow>)> = Vec::new();
+    for r in &samples {
+        match groups.last_mut() {
+            Some((pid, rows)) if *pid == r.prompt_id => rows.push(r),
+            _ => groups.push((&r.prompt_id, vec![r])),
+        }
+    }
+    let mut store = ChunkStore::open(job.out, output.fingerprint())?;
+    let mut progress = Progress::new("logprobs", samples.len() as u64, "tokens");
+    let mut pending: Vec<&(&str, Vec<&SampleRow>)> = Vec::new();
+    for g in &groups {
+        if store.is_completed(g.0) {
+            progress.advance(g.1.len() as u64);
+        } else {
+            pending.push(g);
+        }
+    }
+    // Chunks of whole prompts with about `batch_size` rows each.
+    let mut i = 0;
+    while i < pending.len() {
+        let mut j = i;
+        let mut rows: Vec<&SampleRow> = Vec::new();
+        while j < pending.len()
+            && (rows.is_empty() || rows.len() + pending[j].1.len() <= s.batch_size)
+        {
+            rows.extend(pending[j].1.iter().copied());
+            j += 1;
+        }
+        let mut out_rows = Vec::with_capacity(rows.len());
+        for batch in rows.chunks(s.batch_size) {
+            let pr: Vec<PromptResponse> = batch
+                .iter()
+                .map(|r| PromptResponse {
+                    prompt: &r.prompt_token_ids,
+                    response: &r.response_token_ids,
+                })
+                .collect();
+            let lp = teacher_forced_logprobs(&model, &pr)?.to_vecs()?;
+            for (r, tokens) in batch.iter().zip(lp) {
+                out_rows.push(LogprobRow {
+                    prompt_id: r.prompt_id.clone(),
+                    sample_idx: r.sample_idx,
+                    logprob: tokens.iter().map(|&t| t as f64).sum(),
+                    num_tokens: tokens.len() as u32,
+                    token_logprobs: tokens,
+                });
+            }
+            progress.add_units(
+                batch
+                    .iter()
+                    .map(|r| r.response_token_ids.len() as u64)
+                    .sum(),
+            );
+        }
+        let keys: Vec<&str> = pending[i..j].iter().map(|g| g.0).collect();
+        store.write_chunk(&keys, &out_rows)?;
+        progress.advance(rows.len() as u64);
+        i = j;
+    }
+    progress.finish();
+    let order: HashMap<(&str, u32), usize> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.prompt_id.as_str(), r.sample_idx), i))
+        .collect();
+    let rows = store.finish(&output.meta, |r: &LogprobRow| {
+        order.get(&(r.prompt_id.as_str(), r.sample_idx)).copied()
+    })?;
+    Ok(Outcome::Written { rows: rows.len() })
+}
