@@ -414,3 +414,25 @@ fn missing_files_and_unsupported_architectures_are_clear_errors() {
     assert!(err.contains("nope"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn random_weights_cover_every_tensor_a_checkpoint_has() {
+    for name in [
+        "tiny-llama",
+        "tiny-mistral",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-llama-rm",
+    ] {
+        let ck = Checkpoint::open(&fixture(name)).unwrap();
+        let real = Weights::load(&ck.dir, DType::F32, &Device::Cpu).unwrap();
+        let random =
+            rspo::model::random_weights(&ck.config, 0.02, DType::F32, &Device::Cpu).unwrap();
+        let mut a: Vec<&String> = real.names().collect();
+        let mut b: Vec<&String> = random.names().collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}");
+        Transformer::new(ck.config.clone(), &random).unwrap();
+    }
+}

@@ -12,6 +12,7 @@ mod generation;
 mod kv_cache;
 mod logprobs;
 pub mod ops;
+mod random_init;
 pub mod sampling;
 mod transformer;
 mod weights;
@@ -26,6 +27,7 @@ pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,
     ResponseLogprobs,
 };
+pub use random_init::random_weights;
 pub use sampling::{sampling_distribution, RowRng, SamplingParams};
 pub use transformer::{Linear, LoraAdapter, Transformer};
 pub use weights::{save_safetensors, weight_files, Weights};

@@ -1,0 +1,86 @@
+//! Helpers for the end-to-end tests: where the built binaries and the fixtures are, scratch
+//! folders, running a stage and checking how it ended.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A stage binary from this workspace's target folder. `make test` builds them first
+/// (`cargo build --workspace --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`make test` runs `cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// A fresh scratch folder, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rspo-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        // Digests are cached per test run, never in the user's cache.
+        Scratch(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a binary with arguments, with the digest cache inside `scratch`.
+pub fn run(scratch: &Scratch, name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .args(args)
+        .env("RSPO_CACHE_DIR", scratch.path(".cache"))
+        .output()
+        .expect("run binary")
+}
+
+/// Runs and requires success; returns stderr.
+pub fn ok(scratch: &Scratch, name: &str, args: &[&str]) -> String {
+    let out = run(scratch, name, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{name} {args:?} failed:\n{stderr}");
+    stderr
+}
+
+/// Runs and requires failure; returns stderr.
+pub fn fails(scratch: &Scratch, name: &str, args: &[&str]) -> String {
+    let out = run(scratch, name, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{name} {args:?} should have failed:\n{stderr}"
+    );
+    stderr
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

@@ -1,0 +1,1 @@
+//! `generate` end to end (filled in below).
