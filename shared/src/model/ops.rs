@@ -79,19 +79,18 @@ mod tests {
     }
 }
 
-/// Up to this many rows, `linear_t` on the CPU uses the row-invariant kernel below.
-pub const ROW_INVARIANT_MAX_ROWS: usize = 64;
-
-/// `x W^T` for x (..., k) and W (n, k). Decoding-sized inputs on the CPU run a kernel whose
-/// result for a row does not depend on the other rows of the batch (a BLAS-style gemm picks
-/// different blockings for different row counts, and a 1e-6 difference flips a sampled token
-/// now and then). That is what makes a row's samples identical at batch size 1 and 8.
+/// `x W^T` for x (..., k) and W (n, k). A decoding step (x of shape (rows, 1, k): one new
+/// token per row) on the CPU runs a kernel whose result for a row does not depend on the other
+/// rows of the batch (a BLAS-style gemm picks different blockings for different row counts,
+/// and a 1e-6 difference flips a sampled token now and then). That is what makes a row's
+/// samples identical at batch size 1 and 8. Everything else (prefill, teacher forcing,
+/// training) runs gemm.
 pub fn linear_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let rows = x.elem_count() / x.dim(D::Minus1)?;
-    if x.device().is_cpu()
+    let decode_step = x.rank() == 3 && x.dim(1)? == 1;
+    if decode_step
+        && x.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
-        && rows <= ROW_INVARIANT_MAX_ROWS
         && !needs_grad(&[x, w])
     {
         let x = x.contiguous()?;

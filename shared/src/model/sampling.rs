@@ -61,65 +61,122 @@ impl RowRng {
     }
 }
 
-/// The distribution sampling draws from: (token, probability) over the tokens that survive
-/// temperature, top-k and top-p, renormalised. Greedy gives the argmax with probability 1.
+/// Unnormalised weights exp((l_i - max) / T) of the tokens that survive top-k and top-p, 0 for
+/// the others, with their sum. The warpers apply as transformers applies them: temperature,
+/// then top-k (ties with the k-th kept), then top-p (TopPLogitsWarper: in ascending order,
+/// drop tokens while the cumulative mass stays at or below 1 - top_p; the most likely token
+/// always survives).
+fn nucleus_weights(logits: &[f32], params: &SamplingParams) -> (Vec<f64>, f64) {
+    let t = params.temperature;
+    let mut floor = f32::NEG_INFINITY;
+    if params.top_k > 0 && params.top_k < logits.len() {
+        let mut copy = logits.to_vec();
+        let (_, kth, _) = copy.select_nth_unstable_by(params.top_k - 1, |a, b| b.total_cmp(a));
+        floor = *kth;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = (1.0 / t) as f32;
+    let mut w: Vec<f64> = logits
+        .iter()
+        .map(|&l| {
+            if l >= floor {
+                ((l - max) * inv_t).exp() as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut total: f64 = w.iter().sum();
+    if params.top_p < 1.0 {
+        let cut = (1.0 - params.top_p) * total;
+        // Bucket the weights on a log scale (ascending); whole buckets below the cut go, and
+        // only the bucket the cut falls in is sorted. O(vocab) instead of a full sort.
+        const BUCKETS: usize = 512;
+        // Buckets over the kept logits' range (monotone in the weight).
+        let lo = logits
+            .iter()
+            .copied()
+            .filter(|&l| l >= floor)
+            .fold(max, f32::min);
+        let scale = BUCKETS as f32 / (max - lo).max(f32::MIN_POSITIVE);
+        let bucket = |i: usize| (((logits[i] - lo) * scale) as usize).min(BUCKETS - 1);
+        let mut sums = vec![0.0f64; BUCKETS];
+        for (i, &x) in w.iter().enumerate() {
+            if x > 0.0 {
+                sums[bucket(i)] += x;
+            }
+        }
+        let mut cum = 0.0;
+        let mut edge = 0;
+        while edge < BUCKETS && cum + sums[edge] <= cut {
+            cum += sums[edge];
+            edge += 1;
+        }
+        // In the edge bucket: ascending by weight, ties by descending id (a fixed order).
+        let mut members: Vec<u64> = Vec::new();
+        for (i, x) in w.iter_mut().enumerate() {
+            if *x > 0.0 {
+                let b = bucket(i);
+                if b < edge {
+                    total -= *x;
+                    *x = 0.0;
+                } else if b == edge {
+                    members
+                        .push(((*x as f32).to_bits() as u64) << 32 | (u32::MAX - i as u32) as u64);
+                }
+            }
+        }
+        members.sort_unstable();
+        for &key in &members {
+            let i = (u32::MAX - key as u32) as usize;
+            cum += w[i];
+            if cum > cut {
+                break;
+            }
+            total -= w[i];
+            w[i] = 0.0;
+        }
+    }
+    (w, total)
+}
+
+/// The distribution sampling draws from: (token, probability) over the surviving tokens, most
+/// likely first. Greedy gives the argmax with probability 1.
 pub fn sampling_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
     if params.temperature <= 0.0 {
         return vec![(argmax(logits), 1.0)];
     }
-    let mut scored: Vec<(u32, f64)> = logits
+    let (w, total) = nucleus_weights(logits, params);
+    let mut probs: Vec<(u32, f64)> = w
         .iter()
         .enumerate()
-        .map(|(i, &l)| (i as u32, l as f64 / params.temperature))
+        .filter(|(_, &x)| x > 0.0)
+        .map(|(i, &x)| (i as u32, x / total))
         .collect();
-    // Descending by logit; ties keep the lower token id first (a stable order).
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if params.top_k > 0 && params.top_k < scored.len() {
-        // transformers keeps every token whose logit ties the k-th.
-        let kth = scored[params.top_k - 1].1;
-        let keep = scored.iter().take_while(|(_, l)| *l >= kth).count();
-        scored.truncate(keep);
-    }
-    let max = scored[0].1;
-    let mut probs: Vec<(u32, f64)> = scored.iter().map(|&(t, l)| (t, (l - max).exp())).collect();
-    let total: f64 = probs.iter().map(|p| p.1).sum();
-    probs.iter_mut().for_each(|p| p.1 /= total);
-    if params.top_p < 1.0 {
-        // TopPLogitsWarper: in ascending order, drop tokens while the cumulative mass stays at
-        // or below 1 - top_p; the most likely token always survives.
-        let mut cum = 0.0;
-        let mut drop = 0;
-        for p in probs.iter().rev() {
-            cum += p.1;
-            if cum <= 1.0 - params.top_p {
-                drop += 1;
-            } else {
-                break;
-            }
-        }
-        let keep = (probs.len() - drop).max(1);
-        probs.truncate(keep);
-        let total: f64 = probs.iter().map(|p| p.1).sum();
-        probs.iter_mut().for_each(|p| p.1 /= total);
-    }
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     probs
 }
 
-/// Draws the next token.
+/// Draws the next token: the inverse CDF of the surviving tokens in token-id order (so two
+/// tokens of nearly equal probability swapping places in a sort can never change the draw).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut RowRng) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits);
     }
-    let dist = sampling_distribution(logits, params);
-    let u = rng.uniform();
+    let (w, total) = nucleus_weights(logits, params);
+    let target = rng.uniform() * total;
     let mut cum = 0.0;
-    for &(t, p) in &dist {
-        cum += p;
-        if u < cum {
-            return t;
+    let mut last = 0;
+    for (i, &x) in w.iter().enumerate() {
+        if x > 0.0 {
+            cum += x;
+            last = i;
+            if target < cum {
+                return i as u32;
+            }
         }
     }
-    dist[dist.len() - 1].0
+    last as u32
 }
 
 /// log-softmax of the raw logits at `token` (the `sample_logprob` diagnostic).
