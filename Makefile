@@ -1,14 +1,90 @@
-# RSPO pipeline. `make test` runs the test suite.
-CARGO ?= cargo
+# RSPO pipeline: `make iter N=3` runs iterations 1..N of the pipeline in PIPELINE, then evaluates
+# the base model and every iterate. Each stage also checks its own fingerprint, so rerunning is
+# cheap and a changed setting reruns only what it affects.
+#
+#   make iter N=3 [PIPELINE=pipelines/tiny.toml] [RUN=name]
+#   make test     the test suite (builds the binaries first: the end-to-end tests run them)
+#   make bench    throughput on the 40M benchmark shape
 
-.PHONY: build test bench
+CARGO    ?= cargo
+N        ?= 1
+PIPELINE ?= pipelines/tiny.toml
+RUN      ?= $(basename $(notdir $(PIPELINE)))
+RUNDIR   := data/runs/$(RUN)
+BIN      := target/release
+
+# [pipeline] keys are one-line strings or numbers, read here without a TOML parser.
+pipeline_key = $(shell sed -n 's/^$(1) *= *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' $(PIPELINE) | head -n 1)
+BASE_MODEL   := $(call pipeline_key,base_model)
+JUDGE        := $(call pipeline_key,judge)
+JUDGE_MODEL  := $(call pipeline_key,judge_model)
+PROMPTS      := $(call pipeline_key,prompts)
+PROMPT_PARTS := $(call pipeline_key,prompt_parts)
+EVAL_PROMPTS := $(call pipeline_key,eval_prompts)
+BASELINE     := $(call pipeline_key,baseline)
+
+JUDGE_ARGS = --judge $(JUDGE) $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL))
+TIMED      = scripts/timed.sh $(RUNDIR)/timings.tsv
+ITERS     := $(shell seq 1 $(N))
+
+# Iteration t's policy: the base model for t = 1, else iteration t-1's model/.
+policy_dir    = $(if $(filter 1,$(1)),$(BASE_MODEL),$(RUNDIR)/iter-$(shell expr $(1) - 1)/model)
+policy_dep    = $(if $(filter 1,$(1)),$(BASE_MODEL)/config.json,$(RUNDIR)/iter-$(shell expr $(1) - 1)/train_log.parquet)
+# Prompt part for iteration t: `{t}` in `prompts` cycles through 1..prompt_parts.
+prompts_for   = $(subst {t},$(shell expr \( $(1) - 1 \) % $(PROMPT_PARTS) + 1),$(PROMPTS))
+
+.PHONY: all build test bench iter eval clean-run
+all: build
+
 build:
 	$(CARGO) build --release --workspace --bins
 
-# The end-to-end tests run the real binaries, so they are built first.
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 bench:
 	$(CARGO) bench -p rspo
+
+define ITERATION
+$(RUNDIR)/iter-$(1)/samples.parquet: $(call policy_dep,$(1)) $(call prompts_for,$(1)) $(PIPELINE) | build
+	$(TIMED) generate-$(1) -- $(BIN)/generate sample --config $(PIPELINE) --model $(call policy_dir,$(1)) \
+	  --prompts $(call prompts_for,$(1)) --iteration $(1) --out $$@
+
+$(RUNDIR)/iter-$(1)/logprobs-policy.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
+	$(TIMED) logprobs-policy-$(1) -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(call policy_dir,$(1)) \
+	  --samples $$< --role policy --out $$@
+
+$(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
+	$(TIMED) logprobs-reference-$(1) -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(BASE_MODEL) \
+	  --samples $$< --role reference --out $$@
+
+$(RUNDIR)/iter-$(1)/preferences.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
+	$(TIMED) score-$(1) -- $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) --out $$@
+
+$(RUNDIR)/iter-$(1)/winrates.parquet: $(RUNDIR)/iter-$(1)/preferences.parquet
+	$(TIMED) estimate-winrate-$(1) -- $(BIN)/estimate-winrate --config $(PIPELINE) --preferences $$< --out $$@
+
+$(RUNDIR)/iter-$(1)/train_log.parquet: $(RUNDIR)/iter-$(1)/samples.parquet \
+    $(RUNDIR)/iter-$(1)/winrates.parquet $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
+    $(RUNDIR)/iter-$(1)/logprobs-reference.parquet
+	$(TIMED) train-step-$(1) -- $(BIN)/train-step --config $(PIPELINE) --policy $(call policy_dir,$(1)) \
+	  --samples $(RUNDIR)/iter-$(1)/samples.parquet --winrates $(RUNDIR)/iter-$(1)/winrates.parquet \
+	  --policy-logprobs $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
+	  --reference-logprobs $(RUNDIR)/iter-$(1)/logprobs-reference.parquet \
+	  --out $(RUNDIR)/iter-$(1)
+endef
+$(foreach t,$(ITERS),$(eval $(call ITERATION,$(t))))
+
+MODELS     := $(BASE_MODEL) $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/model)
+TRAIN_LOGS := $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/train_log.parquet)
+
+$(RUNDIR)/eval-$(N)/summary.json: $(TRAIN_LOGS) $(EVAL_PROMPTS) $(PIPELINE) | build
+	$(TIMED) evaluate -- $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) --prompts $(EVAL_PROMPTS) \
+	  $(JUDGE_ARGS) --baseline $(BASELINE) --out $(RUNDIR)/eval-$(N)
+
+iter: $(RUNDIR)/eval-$(N)/summary.json
+	@echo "report: $(RUNDIR)/eval-$(N)/report.md"
+
+clean-run:
+	rm -rf $(RUNDIR)
