@@ -1330,6 +1330,53 @@ pub(crate) mod tests {
         assert!(!tmp.path("bad").exists());
     }
 
+    #[test]
+    fn settings_come_from_the_score_and_winrate_sections() {
+        let tmp = Tmp::new("config");
+        let path = tmp.path("pipeline.toml");
+        std::fs::write(
+            &path,
+            "[score]\njudge = \"rule:length\"\ntarget = 40\ntemperature = 0.5\n\n[winrate]\nexclude_self = true\n",
+        )
+        .unwrap();
+        let s = ScoreSettings::from_config(Some(&path)).unwrap();
+        assert_eq!(
+            (
+                s.judge.as_str(),
+                s.target,
+                s.temperature,
+                s.batch_size,
+                s.cache
+            ),
+            ("rule:length", Some(40), 0.5, 8, true)
+        );
+        let w = crate::stage::winrate::WinrateSettings::from_config(Some(&path)).unwrap();
+        assert!(w.exclude_self);
+        std::fs::write(&path, "[score]\njudg = \"x\"\n").unwrap();
+        let err = format!("{:#}", ScoreSettings::from_config(Some(&path)).unwrap_err());
+        assert!(err.contains("[score]") && err.contains("judg"), "{err}");
+    }
+
+    #[test]
+    fn a_judge_compares_two_responses_for_evaluation() {
+        let judge = Judge::Scalar {
+            judge: Box::new(LengthRule { target: 3 }),
+            temperature: 2.0,
+        };
+        let m = [Message::user("q")];
+        let item = |response| JudgeItem {
+            prompt_id: "q",
+            sample_idx: 0,
+            messages: &m,
+            response,
+            reference: None,
+        };
+        // Scores 0 and -2: sigmoid(2 / 2).
+        let v = judge.compare(&item("abc"), &item("a")).unwrap();
+        assert!((v.p - crate::judge::sigmoid(1.0)).abs() < 1e-15);
+        assert_eq!((v.p_forward, v.p_swapped), (None, None));
+    }
+
     /// A pairwise judge for tests: prefers the longer response, with a position bias toward
     /// whichever it sees first.
     struct LongerFirst {
