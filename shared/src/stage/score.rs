@@ -20,7 +20,8 @@ use crate::data::{
 use crate::judge::cache::{item_key, pair_key};
 use crate::judge::rules::{ContainsRule, ExactMatchRule, LengthRule};
 use crate::judge::{
-    preference_from_scores, Judge, JudgeItem, JudgmentCache, PairVerdict, RewardModelJudge,
+    preference_from_scores, Judge, JudgeItem, JudgmentCache, PairVerdict, PairwiseJudge,
+    RewardModelJudge, ScalarJudge,
 };
 
 /// The `[score]` section of a pipeline config; flags override it.
@@ -136,7 +137,8 @@ pub struct ScoreReport {
     pub judgments: usize,
     /// Judgments computed by the judge in this run.
     pub judged: usize,
-    /// Judgments taken from the cache.
+    /// Judgments not recomputed: taken from the cache, or a response repeated within the
+    /// prompt's samples.
     pub reused: usize,
     /// Judgments taken from chunks of an interrupted run.
     pub resumed: usize,
@@ -380,10 +382,10 @@ fn items_of<'a>(
 }
 
 /// Chunks of whole prompts holding about `batch_size` responses each.
-fn chunks<'a, 'b>(
-    pending: &'b [&'b PromptSamples<'a>],
+fn chunks<'w, 'a>(
+    pending: &'w [&'w PromptSamples<'a>],
     batch_size: usize,
-) -> Vec<&'b [&'b PromptSamples<'a>]> {
+) -> Vec<&'w [&'w PromptSamples<'a>]> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < pending.len() {
@@ -556,75 +558,26 @@ pub fn score_with_judge(
     let mut progress = Progress::new("score", samples.len() as u64, "responses");
     progress.advance(((groups.len() - pending.len()) * k) as u64);
     let name = judge.name();
+    let work = Work {
+        pending: &pending,
+        references: &references,
+        batch_size: s.batch_size,
+        name: &name,
+    };
 
     match &judge {
-        Judge::Scalar { judge: scalar, .. } => {
-            let digest = scalar.digest();
-            let uses_reference = scalar.uses_reference();
-            let plan: Vec<_> = chunks(&pending, s.batch_size)
-                .into_iter()
-                .map(|chunk| {
-                    let items: Vec<JudgeItem> = chunk
-                        .iter()
-                        .flat_map(|g| items_of(g, &references))
-                        .collect();
-                    let keys: Vec<[u8; 32]> = items
-                        .iter()
-                        .map(|it| item_key(&digest, it, uses_reference))
-                        .collect();
-                    let values: Vec<Option<f64>> = keys
-                        .iter()
-                        .map(|key| {
-                            cache
-                                .as_ref()
-                                .and_then(|c| c.get(key))
-                                .and_then(|v| v.first().copied())
-                        })
-                        .collect();
-                    (chunk, items, keys, values)
-                })
-                .collect();
-            for (chunk, items, keys, mut values) in plan {
-                let missing: Vec<usize> =
-                    (0..items.len()).filter(|&i| values[i].is_none()).collect();
-                report.reused += items.len() - missing.len();
-                if !missing.is_empty() {
-                    let todo: Vec<JudgeItem> = missing.iter().map(|&i| items[i]).collect();
-                    let got = scalar.score(&todo)?;
-                    ensure!(
-                        got.len() == todo.len(),
-                        "{name} returned {} scores for {} responses",
-                        got.len(),
-                        todo.len()
-                    );
-                    for (&i, v) in missing.iter().zip(got) {
-                        ensure!(
-                            v.is_finite(),
-                            "{name} gave prompt {:?}, sample {} the score {v}, expected a finite number",
-                            items[i].prompt_id,
-                            items[i].sample_idx
-                        );
-                        values[i] = Some(v);
-                        if let Some(c) = cache.as_mut() {
-                            c.insert(keys[i], vec![v]);
-                        }
-                    }
-                    report.judged += missing.len();
-                    progress.add_units(missing.len() as u64);
-                }
-                let rows: Vec<ScoreRow> = items
-                    .iter()
-                    .zip(values)
-                    .map(|(it, v)| ScoreRow {
-                        prompt_id: it.prompt_id.to_string(),
-                        sample_idx: it.sample_idx,
-                        score: v.unwrap_or(f64::NAN),
-                    })
-                    .collect();
-                let keys: Vec<&str> = chunk.iter().map(|g| g.prompt_id).collect();
-                store.write_chunk(&keys, &rows)?;
-                progress.advance(items.len() as u64);
-            }
+        Judge::Scalar {
+            judge: scalar,
+            temperature,
+        } => {
+            judge_scalar(
+                &work,
+                scalar.as_ref(),
+                cache.as_ref(),
+                &mut store,
+                &mut progress,
+                &mut report,
+            )?;
             progress.finish();
             let scores_out = scores_out
                 .as_ref()
@@ -632,101 +585,224 @@ pub fn score_with_judge(
             let rows = store.finish(&scores_out.meta, |r: &ScoreRow| {
                 (order.get(r.prompt_id.as_str()).copied(), r.sample_idx)
             })?;
-            // Chunks of an interrupted run go into the cache too.
+            // Everything written goes into the cache, chunks of an interrupted run included.
             if let Some(c) = cache.as_mut() {
+                let (digest, uses_reference) = (scalar.digest(), scalar.uses_reference());
                 let by_key: HashMap<(&str, u32), f64> = rows
                     .iter()
                     .map(|r| ((r.prompt_id.as_str(), r.sample_idx), r.score))
                     .collect();
+                for it in groups.iter().flat_map(|g| items_of(g, &references)) {
+                    if let Some(&v) = by_key.get(&(it.prompt_id, it.sample_idx)) {
+                        c.insert(item_key(&digest, &it, uses_reference), vec![v]);
+                    }
+                }
+                c.save()?;
+            }
+            let prefs = preferences_from_scores(&groups, &rows, *temperature, &name)?;
+            write_rows(job.out, &prefs_out.meta, &prefs)?;
+        }
+        Judge::Pairwise(pairwise) => {
+            judge_pairwise(
+                &work,
+                pairwise.as_ref(),
+                cache.as_ref(),
+                &mut store,
+                &mut progress,
+                &mut report,
+            )?;
+            progress.finish();
+            let rows = store.finish(&prefs_out.meta, |r: &PreferenceRow| {
+                (order.get(r.prompt_id.as_str()).copied(), r.i, r.j)
+            })?;
+            if let Some(c) = cache.as_mut() {
+                let (digest, uses_reference) = (pairwise.digest(), pairwise.uses_reference());
+                let by_key: HashMap<(&str, u32, u32), &PreferenceRow> = rows
+                    .iter()
+                    .map(|r| ((r.prompt_id.as_str(), r.i, r.j), r))
+                    .collect();
                 for g in &groups {
-                    for it in items_of(g, &references) {
-                        if let Some(&v) = by_key.get(&(it.prompt_id, it.sample_idx)) {
-                            c.insert(item_key(&digest, &it, uses_reference), vec![v]);
+                    let items = items_of(g, &references);
+                    for (i, j) in pairs_of(k) {
+                        if let Some(r) = by_key.get(&(g.prompt_id, i as u32, j as u32)) {
+                            let v = PairVerdict {
+                                p: r.p,
+                                p_forward: r.p_forward,
+                                p_swapped: r.p_swapped,
+                            };
+                            let key = pair_key(&digest, &items[i], &items[j], uses_reference);
+                            c.insert(key, values_of(&v));
                         }
                     }
                 }
                 c.save()?;
             }
-            let temperature = match &judge {
-                Judge::Scalar { temperature, .. } => *temperature,
-                Judge::Pairwise(_) => unreachable!("matched above"),
-            };
-            let prefs = preferences_from_scores(&groups, &rows, temperature, &name)?;
-            write_rows(job.out, &prefs_out.meta, &prefs)?;
-        }
-        Judge::Pairwise(pairwise) => {
-            let digest = pairwise.digest();
-            let uses_reference = pairwise.uses_reference();
-            for chunk in chunks(&pending, s.batch_size) {
-                let mut rows = Vec::new();
-                for g in chunk {
-                    let items = items_of(g, &references);
-                    let pairs: Vec<(usize, usize)> = (0..k)
-                        .flat_map(|i| (i + 1..k).map(move |j| (i, j)))
-                        .collect();
-                    let keys: Vec<[u8; 32]> = pairs
-                        .iter()
-                        .map(|&(i, j)| pair_key(&digest, &items[i], &items[j], uses_reference))
-                        .collect();
-                    let cached: Option<Vec<PairVerdict>> = keys
-                        .iter()
-                        .map(|key| cache.as_ref().and_then(|c| c.get(key)).and_then(verdict_of))
-                        .collect();
-                    // A group is judged as a whole (a judge may look at all K at once), so it
-                    // is reused only when every pair is cached.
-                    let verdicts = match cached {
-                        Some(v) => {
-                            report.reused += v.len();
-                            v
-                        }
-                        None => {
-                            let v = pairwise.compare_group(&items)?;
-                            ensure!(
-                                v.len() == pairs.len(),
-                                "{name} returned {} verdicts for {} pairs",
-                                v.len(),
-                                pairs.len()
-                            );
-                            report.judged += v.len();
-                            progress.add_units(k as u64);
-                            if let Some(c) = cache.as_mut() {
-                                for (key, verdict) in keys.iter().zip(&v) {
-                                    c.insert(*key, values_of(verdict));
-                                }
-                            }
-                            v
-                        }
-                    };
-                    for (&(i, j), v) in pairs.iter().zip(verdicts) {
-                        check_verdict(&name, g.prompt_id, i, j, &v)?;
-                        rows.push(PreferenceRow {
-                            prompt_id: g.prompt_id.to_string(),
-                            i: i as u32,
-                            j: j as u32,
-                            p: v.p,
-                            p_forward: v.p_forward,
-                            p_swapped: v.p_swapped,
-                            judge: name.clone(),
-                        });
-                    }
-                }
-                let keys: Vec<&str> = chunk.iter().map(|g| g.prompt_id).collect();
-                store.write_chunk(&keys, &rows)?;
-                if let Some(c) = cache.as_mut() {
-                    // Pairwise judges are slow: keep their verdicts even if the run stops.
-                    c.save()?;
-                }
-                progress.advance((chunk.len() * k) as u64);
-            }
-            progress.finish();
-            store.finish(&prefs_out.meta, |r: &PreferenceRow| {
-                (order.get(r.prompt_id.as_str()).copied(), r.i, r.j)
-            })?;
         }
     }
     report.outcome = Outcome::Written { rows: report.pairs };
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What the judging loops share.
+struct Work<'w, 'a> {
+    /// The prompts left to judge (not completed by an interrupted run).
+    pending: &'w [&'w PromptSamples<'a>],
+    references: &'w HashMap<String, String>,
+    batch_size: usize,
+    /// The judge's name, for messages and the `judge` column.
+    name: &'w str,
+}
+
+/// Every pair i < j of K samples, in file order.
+fn pairs_of(k: usize) -> Vec<(usize, usize)> {
+    (0..k)
+        .flat_map(|i| (i + 1..k).map(move |j| (i, j)))
+        .collect()
+}
+
+/// Scores the pending prompts chunk by chunk (cached scores reused) into `store`.
+fn judge_scalar(
+    w: &Work,
+    judge: &dyn ScalarJudge,
+    cache: Option<&JudgmentCache>,
+    store: &mut ChunkStore,
+    progress: &mut Progress,
+    report: &mut ScoreReport,
+) -> Result<()> {
+    let name = w.name;
+    let (digest, uses_reference) = (judge.digest(), judge.uses_reference());
+    for chunk in chunks(w.pending, w.batch_size) {
+        let items: Vec<JudgeItem> = chunk
+            .iter()
+            .flat_map(|g| items_of(g, w.references))
+            .collect();
+        let keys: Vec<[u8; 32]> = items
+            .iter()
+            .map(|it| item_key(&digest, it, uses_reference))
+            .collect();
+        let mut values: Vec<Option<f64>> = keys
+            .iter()
+            .map(|key| {
+                cache
+                    .and_then(|c| c.get(key))
+                    .and_then(|v| v.first().copied())
+            })
+            .collect();
+        // Each distinct uncached judgment once (a prompt's samples often repeat a response).
+        let mut first_of: HashMap<[u8; 32], usize> = HashMap::new();
+        let mut missing = Vec::new();
+        for i in 0..items.len() {
+            if values[i].is_none() && !first_of.contains_key(&keys[i]) {
+                first_of.insert(keys[i], i);
+                missing.push(i);
+            }
+        }
+        if !missing.is_empty() {
+            let todo: Vec<JudgeItem> = missing.iter().map(|&i| items[i]).collect();
+            let got = judge.score(&todo)?;
+            ensure!(
+                got.len() == todo.len(),
+                "{name} returned {} scores for {} responses",
+                got.len(),
+                todo.len()
+            );
+            for (&i, v) in missing.iter().zip(got) {
+                ensure!(
+                    v.is_finite(),
+                    "{name} gave prompt {:?}, sample {} the score {v}, expected a finite number",
+                    items[i].prompt_id,
+                    items[i].sample_idx
+                );
+                values[i] = Some(v);
+            }
+            for i in 0..items.len() {
+                if values[i].is_none() {
+                    values[i] = first_of.get(&keys[i]).and_then(|&f| values[f]);
+                }
+            }
+            report.judged += missing.len();
+            progress.add_units(missing.len() as u64);
+        }
+        report.reused += items.len() - missing.len();
+        let rows: Vec<ScoreRow> = items
+            .iter()
+            .zip(values)
+            .map(|(it, v)| ScoreRow {
+                prompt_id: it.prompt_id.to_string(),
+                sample_idx: it.sample_idx,
+                score: v.unwrap_or(f64::NAN),
+            })
+            .collect();
+        let keys: Vec<&str> = chunk.iter().map(|g| g.prompt_id).collect();
+        store.write_chunk(&keys, &rows)?;
+        progress.advance(items.len() as u64);
+    }
+    Ok(())
+}
+
+/// Compares every pair of the pending prompts chunk by chunk (a prompt whose pairs are all
+/// cached is reused) into `store`.
+fn judge_pairwise(
+    w: &Work,
+    judge: &dyn PairwiseJudge,
+    cache: Option<&JudgmentCache>,
+    store: &mut ChunkStore,
+    progress: &mut Progress,
+    report: &mut ScoreReport,
+) -> Result<()> {
+    let name = w.name;
+    let (digest, uses_reference) = (judge.digest(), judge.uses_reference());
+    for chunk in chunks(w.pending, w.batch_size) {
+        let mut rows = Vec::new();
+        for g in chunk {
+            let items = items_of(g, w.references);
+            let pairs = pairs_of(items.len());
+            let cached: Option<Vec<PairVerdict>> = pairs
+                .iter()
+                .map(|&(i, j)| {
+                    let key = pair_key(&digest, &items[i], &items[j], uses_reference);
+                    cache.and_then(|c| c.get(&key)).and_then(verdict_of)
+                })
+                .collect();
+            // A prompt is judged as a whole (a judge may look at all K at once), so it is
+            // reused only when every pair is cached.
+            let verdicts = match cached {
+                Some(v) => {
+                    report.reused += v.len();
+                    v
+                }
+                None => {
+                    let v = judge.compare_group(&items)?;
+                    ensure!(
+                        v.len() == pairs.len(),
+                        "{name} returned {} verdicts for {} pairs",
+                        v.len(),
+                        pairs.len()
+                    );
+                    report.judged += v.len();
+                    progress.add_units(items.len() as u64);
+                    v
+                }
+            };
+            for (&(i, j), v) in pairs.iter().zip(verdicts) {
+                check_verdict(name, g.prompt_id, i, j, &v)?;
+                rows.push(PreferenceRow {
+                    prompt_id: g.prompt_id.to_string(),
+                    i: i as u32,
+                    j: j as u32,
+                    p: v.p,
+                    p_forward: v.p_forward,
+                    p_swapped: v.p_swapped,
+                    judge: name.to_string(),
+                });
+            }
+        }
+        let keys: Vec<&str> = chunk.iter().map(|g| g.prompt_id).collect();
+        store.write_chunk(&keys, &rows)?;
+        progress.advance(chunk.iter().map(|g| g.rows.len() as u64).sum());
+    }
+    Ok(())
 }
 
 /// A cached pairwise verdict: `[p, p_forward, p_swapped]`, NaN for an absent order.
@@ -916,7 +992,8 @@ pub(crate) mod tests {
         let s = length_settings(&tmp, 4);
         let r = score(&job(&tmp, &s, &samples, &out)).unwrap();
         assert_eq!(r.outcome, Outcome::Written { rows: 6 });
-        assert_eq!((r.judged, r.reused, r.resumed), (6, 0, 0));
+        // b's samples 0 and 2 are the same response: judged once.
+        assert_eq!((r.judged, r.reused, r.resumed), (5, 1, 0));
         let scores_path = tmp.path("run/scores.parquet");
         assert_eq!(r.scores.as_deref(), Some(scores_path.as_path()));
 
@@ -991,13 +1068,13 @@ pub(crate) mod tests {
         let mut forced = job(&tmp, &no_cache, &samples, &out);
         forced.force = true;
         let r = score(&forced).unwrap();
-        assert_eq!((r.judged, r.reused, r.cache), (6, 0, None));
+        assert_eq!((r.judged, r.reused, r.cache), (5, 1, None));
         assert_eq!(before.0, std::fs::read(&out).unwrap());
 
         // Another setting is another judge: a new fingerprint, nothing reused.
         let other = length_settings(&tmp, 5);
         let r = score(&job(&tmp, &other, &samples, &out)).unwrap();
-        assert_eq!((r.judged, r.reused), (6, 0));
+        assert_eq!((r.judged, r.reused), (5, 1));
         assert_ne!(read_meta(&out).unwrap().fingerprint, {
             let m = FileMeta::new(FileKind::Preferences, "x", "y");
             m.fingerprint
@@ -1441,7 +1518,8 @@ pub(crate) mod tests {
         let r = run(false);
         assert_eq!((r.judged, r.reused, r.scores.clone()), (3, 0, None));
         let (_, prefs) = read_rows::<PreferenceRow>(&out).unwrap();
-        let got: Vec<(u32, u32, f64, Option<f64>, Option<f64>)> = prefs
+        type Row = (u32, u32, f64, Option<f64>, Option<f64>);
+        let got: Vec<Row> = prefs
             .iter()
             .map(|r| (r.i, r.j, r.p, r.p_forward, r.p_swapped))
             .collect();
