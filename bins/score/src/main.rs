@@ -52,7 +52,8 @@ struct Cli {
     #[arg(long, value_name = "REGEX")]
     pattern: Option<String>,
     /// rule:exact-match: a prompts file whose `reference` column holds each prompt's answer
-    /// (needed because samples.parquet has no reference column).
+    /// (needed because samples.parquet has no reference column). Options of one judge are
+    /// ignored by the others.
     #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
     /// Where scalar judges write their scores [default: scores.parquet in the folder of --out].

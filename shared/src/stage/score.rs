@@ -112,6 +112,7 @@ impl JudgeKind {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct ScoreJob<'a> {
     pub samples: &'a Path,
     /// preferences.parquet.
@@ -223,7 +224,8 @@ fn model_name(spec: &str) -> String {
     spec.to_string()
 }
 
-/// Checks the flags of the chosen judge (and that no other judge's flags were given).
+/// Checks the flags the chosen judge needs. Other judges' options are ignored (and stay out of
+/// the fingerprint), so a command line can switch the judge of a pipeline config.
 fn check_settings(s: &ScoreSettings, kind: JudgeKind, prompts: Option<&Path>) -> Result<()> {
     ensure!(s.batch_size >= 1, "--batch-size must be at least 1");
     ensure!(
@@ -231,39 +233,23 @@ fn check_settings(s: &ScoreSettings, kind: JudgeKind, prompts: Option<&Path>) ->
         "--temperature {}: expected a finite number > 0",
         s.temperature
     );
-    let judge = kind.as_str();
-    let only = |flag: &str, for_judge: &str| {
-        anyhow::anyhow!("{flag} is an option of --judge {for_judge}, not of --judge {judge}")
-    };
     match kind {
         JudgeKind::RewardModel => ensure!(
             s.judge_model.is_some(),
             "--judge reward-model needs --judge-model DIR_OR_HUB_ID"
         ),
-        _ if s.judge_model.is_some() => return Err(only("--judge-model", "reward-model")),
-        _ => {}
-    }
-    match kind {
         JudgeKind::RuleLength => ensure!(
             s.target.is_some(),
             "--judge rule:length needs --target N (characters)"
         ),
-        _ if s.target.is_some() => return Err(only("--target", "rule:length")),
-        _ => {}
-    }
-    match kind {
         JudgeKind::RuleContains => ensure!(
             s.pattern.is_some(),
             "--judge rule:contains needs --pattern REGEX"
         ),
-        _ if s.pattern.is_some() => return Err(only("--pattern", "rule:contains")),
-        _ => {}
-    }
-    if kind == JudgeKind::RuleExactMatch {
-        ensure!(
+        JudgeKind::RuleExactMatch => ensure!(
             prompts.is_some(),
             "--judge rule:exact-match needs --prompts FILE (the samples file has no reference answers)"
-        );
+        ),
     }
     Ok(())
 }
@@ -273,6 +259,11 @@ pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
     let s = job.settings;
     let kind = JudgeKind::parse(&s.judge)?;
     check_settings(s, kind, job.prompts)?;
+    // Only exact-match reads references; for the others the prompts file is no input.
+    let job = &ScoreJob {
+        prompts: job.prompts.filter(|_| kind == JudgeKind::RuleExactMatch),
+        ..*job
+    };
     let t = s.temperature;
     match kind {
         JudgeKind::RewardModel => {
@@ -1318,16 +1309,6 @@ pub(crate) mod tests {
             &no_target,
             &[sample("a", 0, "x"), sample("a", 1, "y")],
             &["--target N"],
-        );
-        let mixed = ScoreSettings {
-            pattern: Some("x".into()),
-            ..s.clone()
-        };
-        expect_error(
-            &tmp,
-            &mixed,
-            &[sample("a", 0, "x"), sample("a", 1, "y")],
-            &["--pattern is an option of --judge rule:contains"],
         );
         let bad_regex = ScoreSettings {
             judge: "rule:contains".into(),
