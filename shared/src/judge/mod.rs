@@ -4,19 +4,32 @@
 //! `preferences.parquet` rows, or lifted from a scalar judge's scores with [`matrix_from_scores`]);
 //! [`winrates()`] turns it into each sample's win rate and rank. [`intransitive_share`] and
 //! [`position_disagreement()`] describe the judge itself: how often its preferences cycle and how much
-//! its verdict depends on which response it saw first. Everything here is in-memory; reading and
-//! writing the Parquet files is `data`'s job.
+//! its verdict depends on which response it saw first. Reading and writing the Parquet files is
+//! `data`'s job.
+//!
+//! The judges themselves: [`ScalarJudge`] (a [`RewardModelJudge`], the `rule:*` judges in
+//! [`rules`]) and [`PairwiseJudge`], held by stages as a [`Judge`]; [`JudgmentCache`] keeps their
+//! verdicts across runs.
 
+pub mod cache;
 mod intransitivity;
 mod position_disagreement;
 mod preference_matrix;
+mod reward_model;
+pub mod rules;
 mod scalar_scores;
+mod traits;
 mod winrate;
 
+pub use cache::JudgmentCache;
 pub use intransitivity::{find_three_cycle, has_three_cycle, intransitive_share};
 pub use position_disagreement::{
     position_disagreement, PositionDisagreement, PositionDisagreementError, TwoOrderVerdict,
 };
 pub use preference_matrix::{PairPreference, PreferenceError, PreferenceMatrix};
+pub use reward_model::{reward_scores, RewardModelJudge};
 pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
+pub use traits::{
+    judge_digest, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,
+};
 pub use winrate::{winrates, Convention, SampleWinrate};

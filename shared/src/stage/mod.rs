@@ -5,7 +5,9 @@
 mod context;
 pub mod generate;
 mod progress;
+pub mod score;
 mod settings;
+pub mod winrate;
 
 pub use context::{content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput};
 pub use progress::Progress;

@@ -1,0 +1,189 @@
+//! What a judge is: a scalar judge scores each response on its own (a reward model, a rule) and
+//! is lifted to pairs by Bradley-Terry; a pairwise judge compares two responses directly, possibly
+//! in both orders (PairRM). Stages hold either as a [`Judge`] and ask it for P(a beats b).
+
+use serde_json::Value;
+use thiserror::Error;
+
+use super::scalar_scores::preference_from_scores;
+use crate::data::{canonical_json, Message};
+use crate::model::ModelError;
+
+/// One response to judge, with what a judge may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct JudgeItem<'a> {
+    /// For error messages.
+    pub prompt_id: &'a str,
+    /// For error messages.
+    pub sample_idx: u32,
+    /// The prompt conversation before any chat template.
+    pub messages: &'a [Message],
+    pub response: &'a str,
+    /// The prompt's reference answer, for judges that compare against one.
+    pub reference: Option<&'a str>,
+}
+
+/// Why a judge could not judge.
+#[derive(Debug, Error)]
+pub enum JudgeError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("judge model {dir}: {message}")]
+    NotARewardModel { dir: String, message: String },
+    #[error("{judge}: prompt {prompt_id:?}, sample {sample_idx}: {message}")]
+    Item {
+        judge: String,
+        prompt_id: String,
+        sample_idx: u32,
+        message: String,
+    },
+    #[error("{judge}: prompt {prompt_id:?} has no reference answer, expected one (take it from --prompts FILE with a `reference` column)")]
+    MissingReference { judge: String, prompt_id: String },
+    #[error("{flag} {value:?}: {message}")]
+    BadSetting {
+        flag: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("judgment cache {path}: {message}")]
+    Cache { path: String, message: String },
+}
+
+/// A judge that gives each response a score on its own; higher is better.
+pub trait ScalarJudge: Send + Sync {
+    /// The `judge` column of preferences.parquet, e.g. `reward-model:tiny-llama-rm`.
+    fn name(&self) -> String;
+    /// Everything that changes the scores besides the judge's model: canonical settings.
+    fn settings(&self) -> Value;
+    /// Identity of the judge for caches and fingerprints: model digest and settings.
+    fn digest(&self) -> String;
+    /// Whether scores depend on the prompt's reference answer.
+    fn uses_reference(&self) -> bool {
+        false
+    }
+    /// Checks that every item can be judged (a template that raises, a conversation longer
+    /// than the judge's context, a missing reference) without judging it, so a stage fails
+    /// before any work.
+    fn check(&self, _items: &[JudgeItem<'_>]) -> Result<(), JudgeError> {
+        Ok(())
+    }
+    /// One score per item, in order; finite.
+    fn score(&self, items: &[JudgeItem<'_>]) -> Result<Vec<f64>, JudgeError>;
+}
+
+/// A judge's verdict on a pair (a, b): `p` = P(a beats b), and where the judge saw both orders,
+/// each order's verdict expressed as P(a beats b).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairVerdict {
+    pub p: f64,
+    /// a shown first.
+    pub p_forward: Option<f64>,
+    /// b shown first.
+    pub p_swapped: Option<f64>,
+}
+
+impl PairVerdict {
+    /// One verdict, no order information (a lifted scalar judge).
+    pub fn single(p: f64) -> Self {
+        PairVerdict {
+            p,
+            p_forward: None,
+            p_swapped: None,
+        }
+    }
+
+    /// Both orders, combined by their mean (position bias cancels to first order).
+    pub fn two_orders(p_forward: f64, p_swapped: f64) -> Self {
+        PairVerdict {
+            p: 0.5 * (p_forward + p_swapped),
+            p_forward: Some(p_forward),
+            p_swapped: Some(p_swapped),
+        }
+    }
+}
+
+/// A judge that compares two responses to the same prompt.
+pub trait PairwiseJudge: Send + Sync {
+    fn name(&self) -> String;
+    fn settings(&self) -> Value;
+    fn digest(&self) -> String;
+    fn uses_reference(&self) -> bool {
+        false
+    }
+    /// As [`ScalarJudge::check`], for one prompt's responses.
+    fn check(&self, _items: &[JudgeItem<'_>]) -> Result<(), JudgeError> {
+        Ok(())
+    }
+    /// P(a beats b), in both orders where the judge has an order.
+    fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError>;
+    /// Every pair i < j of one prompt's responses, in the order (0,1), (0,2), .., (1,2), ..
+    /// Judges that see the whole group at once (PairRM's aggregated mode) override this.
+    fn compare_group(&self, items: &[JudgeItem<'_>]) -> Result<Vec<PairVerdict>, JudgeError> {
+        let mut out = Vec::with_capacity(items.len() * items.len().saturating_sub(1) / 2);
+        for i in 0..items.len() {
+            for j in i + 1..items.len() {
+                out.push(self.compare(&items[i], &items[j])?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Either kind of judge, as stages hold it.
+pub enum Judge {
+    /// Lifted to pairs by `p_ij = sigmoid((r_i - r_j) / temperature)`.
+    Scalar {
+        judge: Box<dyn ScalarJudge>,
+        temperature: f64,
+    },
+    Pairwise(Box<dyn PairwiseJudge>),
+}
+
+impl Judge {
+    pub fn name(&self) -> String {
+        match self {
+            Judge::Scalar { judge, .. } => judge.name(),
+            Judge::Pairwise(judge) => judge.name(),
+        }
+    }
+
+    pub fn digest(&self) -> String {
+        match self {
+            Judge::Scalar { judge, .. } => judge.digest(),
+            Judge::Pairwise(judge) => judge.digest(),
+        }
+    }
+
+    pub fn uses_reference(&self) -> bool {
+        match self {
+            Judge::Scalar { judge, .. } => judge.uses_reference(),
+            Judge::Pairwise(judge) => judge.uses_reference(),
+        }
+    }
+
+    /// P(a beats b): a scalar judge scores both and lifts; a pairwise judge compares.
+    /// (Evaluation's "model response vs baseline".)
+    pub fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError> {
+        match self {
+            Judge::Scalar { judge, temperature } => {
+                let s = judge.score(&[*a, *b])?;
+                Ok(PairVerdict::single(preference_from_scores(
+                    s[0],
+                    s[1],
+                    *temperature,
+                )))
+            }
+            Judge::Pairwise(judge) => judge.compare(a, b),
+        }
+    }
+}
+
+/// The digest of a judge: blake3 of its kind, its model's digest (if any) and its settings.
+pub fn judge_digest(kind: &str, model_digest: Option<&str>, settings: &Value) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [kind, model_digest.unwrap_or(""), &canonical_json(settings)] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
