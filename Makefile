@@ -55,9 +55,10 @@ $(RUNDIR)/iter-$(1)/logprobs-policy.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
 	$(TIMED) logprobs-policy-$(1) -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(call policy_dir,$(1)) \
 	  --samples $$< --role policy --out $$@
 
-$(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
+# Iteration 1's policy is the reference model: its log-probs are reused, not recomputed.
+$(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(if $(filter 1,$(1)),$(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
 	$(TIMED) logprobs-reference-$(1) -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(BASE_MODEL) \
-	  --samples $$< --role reference --out $$@
+	  --samples $$< --role reference --out $$@ $(if $(filter 1,$(1)),--reuse $(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
 
 $(RUNDIR)/iter-$(1)/preferences.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
 	$(TIMED) score-$(1) -- $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) --out $$@
@@ -81,7 +82,7 @@ TRAIN_LOGS := $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/train_log.parquet)
 
 $(RUNDIR)/eval-$(N)/summary.json: $(TRAIN_LOGS) $(EVAL_PROMPTS) $(PIPELINE) | build
 	$(TIMED) evaluate -- $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) --prompts $(EVAL_PROMPTS) \
-	  $(JUDGE_ARGS) --baseline $(BASELINE) --out $(RUNDIR)/eval-$(N)
+	  $(JUDGE_ARGS) --baseline $(BASELINE) --timings $(RUNDIR)/timings.tsv --out $(RUNDIR)/eval-$(N)
 
 iter: $(RUNDIR)/eval-$(N)/summary.json
 	@echo "report: $(RUNDIR)/eval-$(N)/report.md"

@@ -417,6 +417,50 @@ fn logprobs_match_the_fixture_and_the_sampling_logprob() {
         );
     }
 
+    // Same samples, same model, other role: rows reused, metadata of the new role.
+    let reused = t.path("logprobs-reference.parquet");
+    let err = ok(
+        &t,
+        "generate",
+        &[
+            "logprobs",
+            "--model",
+            s(&model),
+            "--samples",
+            s(&samples),
+            "--role",
+            "reference",
+            "--out",
+            s(&reused),
+            "--reuse",
+            s(&lp),
+        ],
+    );
+    assert!(err.contains("rows reused"), "{err}");
+    let (rmeta, rrows) = read_rows::<LogprobRow>(&reused).unwrap();
+    assert_eq!(rmeta.role(), Some("reference"));
+    assert_eq!(rrows, read_rows::<LogprobRow>(&lp).unwrap().1);
+    // Another model: computed, not reused.
+    let other = t.path("logprobs-other.parquet");
+    let err = ok(
+        &t,
+        "generate",
+        &[
+            "logprobs",
+            "--model",
+            s(&fixture("tiny-qwen2")),
+            "--samples",
+            s(&samples),
+            "--role",
+            "reference",
+            "--out",
+            s(&other),
+            "--reuse",
+            s(&lp),
+        ],
+    );
+    assert!(err.contains("computing"), "{err}");
+
     // The fixture's sequences, written as samples: per-token log-probs within 1e-4.
     let exp: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("tiny-llama/expected.json")).unwrap(),

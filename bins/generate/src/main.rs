@@ -101,6 +101,10 @@ struct LogprobsArgs {
     /// Output logprobs-<role>.parquet.
     #[arg(long)]
     out: PathBuf,
+    /// Reuse the rows of this log-probs file when it is of the same samples under the same
+    /// model (iteration 1: the policy is the reference model); otherwise compute.
+    #[arg(long)]
+    reuse: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -165,6 +169,7 @@ fn main() -> Result<()> {
                 out: &a.out,
                 settings: &s,
                 force: a.common.force,
+                reuse: a.reuse.as_deref(),
             })?;
             report("generate logprobs", &a.out, outcome);
         }

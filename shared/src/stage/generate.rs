@@ -378,6 +378,9 @@ pub struct LogprobsJob<'a> {
     pub out: &'a Path,
     pub settings: &'a GenerateSettings,
     pub force: bool,
+    /// A log-probs file of the same samples under the same model (in another role), whose rows
+    /// are reused instead of recomputed: iteration 1's policy is the reference model.
+    pub reuse: Option<&'a Path>,
 }
 
 /// `generate logprobs`: log pi(response | prompt) of every sample under a model, per token and
@@ -419,6 +422,25 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
     }
     if job.force {
         ChunkStore::discard(job.out)?;
+    }
+    if let Some(other) = job.reuse {
+        let (meta, rows) = read_rows::<LogprobRow>(other)?;
+        let same_samples =
+            meta.inputs.first().map(|i| &i.fingerprint) == Some(&samples_meta.fingerprint);
+        let same_model = meta.models.values().next().map(|m| &m.digest)
+            == output.meta.models.get(job.role).map(|m| &m.digest);
+        if same_samples && same_model && meta.config["dtype"] == output.meta.config["dtype"] {
+            write_rows(job.out, &output.meta, &rows)?;
+            eprintln!(
+                "generate logprobs: same samples and model as {}: rows reused",
+                other.display()
+            );
+            return Ok(Outcome::Written { rows: rows.len() });
+        }
+        eprintln!(
+            "generate logprobs: {} is of other samples or another model; computing",
+            other.display()
+        );
     }
     let limit = ck.config.max_position_embeddings;
     for r in &samples {

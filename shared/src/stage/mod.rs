@@ -3,6 +3,7 @@
 //! fingerprint that makes a finished stage a no-op, models and devices, progress reporting.
 
 mod context;
+pub mod evaluate;
 pub mod generate;
 mod progress;
 pub mod score;

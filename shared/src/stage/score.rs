@@ -226,7 +226,7 @@ fn model_name(spec: &str) -> String {
 
 /// Checks the flags the chosen judge needs. Other judges' options are ignored (and stay out of
 /// the fingerprint), so a command line can switch the judge of a pipeline config.
-fn check_settings(s: &ScoreSettings, kind: JudgeKind, prompts: Option<&Path>) -> Result<()> {
+fn check_settings(s: &ScoreSettings, kind: JudgeKind) -> Result<()> {
     ensure!(s.batch_size >= 1, "--batch-size must be at least 1");
     ensure!(
         s.temperature.is_finite() && s.temperature > 0.0,
@@ -246,82 +246,91 @@ fn check_settings(s: &ScoreSettings, kind: JudgeKind, prompts: Option<&Path>) ->
             s.pattern.is_some(),
             "--judge rule:contains needs --pattern REGEX"
         ),
-        JudgeKind::RuleExactMatch => ensure!(
-            prompts.is_some(),
-            "--judge rule:exact-match needs --prompts FILE (the samples file has no reference answers)"
-        ),
+        // Its references come with the prompts (`score --prompts`, evaluate's prompt file).
+        JudgeKind::RuleExactMatch => {}
     }
     Ok(())
 }
 
 /// `score` with the judge `settings.judge` names.
 pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
-    let s = job.settings;
+    let kind = JudgeKind::parse(&job.settings.judge)?;
+    ensure!(
+        kind != JudgeKind::RuleExactMatch || job.prompts.is_some(),
+        "--judge rule:exact-match needs --prompts FILE (the samples file has no reference answers)"
+    );
+    let spec = judge_spec(job.settings)?;
+    score_with_judge(job, spec.content, spec.models, true, spec.load)
+}
+
+/// A judge as the settings describe it: what goes into fingerprints now, the (possibly
+/// expensive) loading later, only if there is work to do.
+pub struct JudgeSpec {
+    /// The canonical settings that shape judgments.
+    pub content: Value,
+    /// The judge's model by role (`judge`), for fingerprints.
+    pub models: Vec<(&'static str, ModelRef)>,
+    pub load: Box<dyn FnOnce() -> Result<Judge>>,
+}
+
+/// Resolves the judge `--judge` and its options name (`evaluate` builds its judge here too).
+pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
     let kind = JudgeKind::parse(&s.judge)?;
-    check_settings(s, kind, job.prompts)?;
-    // Only exact-match reads references; for the others the prompts file is no input.
-    let job = &ScoreJob {
-        prompts: job.prompts.filter(|_| kind == JudgeKind::RuleExactMatch),
-        ..*job
-    };
+    check_settings(s, kind)?;
     let t = s.temperature;
-    match kind {
+    let scalar = move |judge: Box<dyn ScalarJudge>| Judge::Scalar {
+        judge,
+        temperature: t,
+    };
+    Ok(match kind {
         JudgeKind::RewardModel => {
-            let spec = s.judge_model.as_deref().unwrap_or_default();
+            let spec = s.judge_model.clone().unwrap_or_default();
             let device = parse_device(&s.device)?;
             let dtype = dtype_for(s.dtype.as_deref(), &device)?;
             // Resolve (download) and fingerprint the model, but load its weights only if
             // there is work to do.
-            let dir = resolve_model(spec)?;
+            let dir = resolve_model(&spec)?;
             let reference = model_ref(&dir)?;
-            let name = model_name(spec);
-            let content = json!({
-                "judge": kind.as_str(),
-                "dtype": format!("{dtype:?}").to_lowercase(),
-                "temperature": t,
-            });
+            let name = model_name(&spec);
             let digest = reference.digest.clone();
-            score_with_judge(job, content, vec![("judge", reference)], true, move || {
-                let judge = RewardModelJudge::load(&dir, name, digest, dtype, &device)
-                    .with_context(|| format!("--judge-model {spec}"))?;
-                Ok(Judge::Scalar {
-                    judge: Box::new(judge),
-                    temperature: t,
-                })
-            })
+            JudgeSpec {
+                content: json!({
+                    "judge": kind.as_str(),
+                    "dtype": format!("{dtype:?}").to_lowercase(),
+                    "temperature": t,
+                }),
+                models: vec![("judge", reference)],
+                load: Box::new(move || {
+                    let judge = RewardModelJudge::load(&dir, name, digest, dtype, &device)
+                        .with_context(|| format!("--judge-model {spec}"))?;
+                    Ok(scalar(Box::new(judge)))
+                }),
+            }
         }
         JudgeKind::RuleLength => {
             let target = s.target.unwrap_or_default();
-            let content = json!({"judge": kind.as_str(), "target": target, "temperature": t});
-            score_with_judge(job, content, vec![], true, move || {
-                Ok(Judge::Scalar {
-                    judge: Box::new(LengthRule { target }),
-                    temperature: t,
-                })
-            })
+            JudgeSpec {
+                content: json!({"judge": kind.as_str(), "target": target, "temperature": t}),
+                models: vec![],
+                load: Box::new(move || Ok(scalar(Box::new(LengthRule { target })))),
+            }
         }
         JudgeKind::RuleContains => {
             let pattern = s.pattern.clone().unwrap_or_default();
             // Compile now: a bad pattern fails before anything is read.
             let rule = ContainsRule::new(&pattern)?;
-            let content = json!({"judge": kind.as_str(), "pattern": pattern, "temperature": t});
-            score_with_judge(job, content, vec![], true, move || {
-                Ok(Judge::Scalar {
-                    judge: Box::new(rule),
-                    temperature: t,
-                })
-            })
+            JudgeSpec {
+                content: json!({"judge": kind.as_str(), "pattern": pattern, "temperature": t}),
+                models: vec![],
+                load: Box::new(move || Ok(scalar(Box::new(rule)))),
+            }
         }
-        JudgeKind::RuleExactMatch => {
-            let content = json!({"judge": kind.as_str(), "trim": true, "temperature": t});
-            score_with_judge(job, content, vec![], true, move || {
-                Ok(Judge::Scalar {
-                    judge: Box::new(ExactMatchRule),
-                    temperature: t,
-                })
-            })
-        }
-    }
+        JudgeKind::RuleExactMatch => JudgeSpec {
+            content: json!({"judge": kind.as_str(), "trim": true, "temperature": t}),
+            models: vec![],
+            load: Box::new(move || Ok(scalar(Box::new(ExactMatchRule)))),
+        },
+    })
 }
 
 /// Reads the reference answers of `prompts` for the prompts of `groups`.

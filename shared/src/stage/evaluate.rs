@@ -1,0 +1,485 @@
+//! `evaluate`: each model's responses to the evaluation prompts, judged against a baseline (the
+//! prompts' reference answers or another model's responses), with the metrics of DESIGN.md
+//! ("Evaluation"), written as eval.parquet, summary.json and report.md with an SVG chart.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::context::{Outcome, StageOutput};
+use super::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
+use super::score::{judge_spec, ScoreSettings};
+use super::settings::Settings;
+use crate::data::{
+    read_meta, read_prompts, read_rows, write_atomically, write_rows, EvalRow, FileKind,
+    FinishReason, LogprobRow, PromptOptions, SampleRow,
+};
+use crate::eval::{char_length, diversity, lc_winrate};
+use crate::judge::JudgeItem;
+
+/// The `[evaluate]` section of a pipeline config; flags override it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluateSettings {
+    /// Samples per prompt (sample 0 is judged; all K measure diversity).
+    pub k: u32,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub device: String,
+    pub dtype: Option<String>,
+    /// `reference` (the prompts' reference answers) or a model directory / Hub id.
+    pub baseline: String,
+    /// pi_ref for the log-ratio (KL) estimate; default: the first of --models.
+    pub reference_model: Option<String>,
+}
+
+impl Default for EvaluateSettings {
+    fn default() -> Self {
+        EvaluateSettings {
+            k: 4,
+            temperature: 0.7,
+            top_p: 0.9,
+            max_new_tokens: 256,
+            seed: 0,
+            batch_size: 8,
+            device: "cpu".into(),
+            dtype: None,
+            baseline: "reference".into(),
+            reference_model: None,
+        }
+    }
+}
+
+impl Settings for EvaluateSettings {
+    const SECTION: &'static str = "evaluate";
+}
+
+pub struct EvaluateJob<'a> {
+    pub models: &'a [String],
+    pub prompts: &'a Path,
+    pub out: &'a Path,
+    pub settings: &'a EvaluateSettings,
+    /// The judge (its `[score]` settings with the flags applied).
+    pub judge: &'a ScoreSettings,
+    /// Stage timings (`make iter` writes data/runs/<run>/timings.tsv) for the report.
+    pub timings: Option<&'a Path>,
+    pub force: bool,
+}
+
+/// The aggregates of one model (summary.json).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelSummary {
+    pub name: String,
+    pub path: String,
+    pub prompts: usize,
+    /// Mean P(model beats baseline), percent.
+    pub win_rate: f64,
+    /// Length-controlled win rate (minimal GLM), percent.
+    pub lc_win_rate: f64,
+    /// Mean response length in characters (all K samples).
+    pub mean_length: f64,
+    /// Share of samples that ended with EOS.
+    pub eos_rate: f64,
+    pub self_bleu3: f64,
+    pub distinct_1: f64,
+    pub distinct_2: f64,
+    /// Mean over samples of log pi(y) - log pi_ref(y): a KL(pi || pi_ref) estimate.
+    pub mean_logratio_ref: f64,
+}
+
+/// A short name for a model path: `iter-2` for `.../iter-2/model`, else the last component.
+fn model_name(spec: &str) -> String {
+    let p = Path::new(spec.trim_end_matches('/'));
+    let last = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match p.parent().and_then(|q| q.file_name()) {
+        Some(parent) if last == "model" => parent.to_string_lossy().into_owned(),
+        _ => last,
+    }
+}
+
+fn sample_settings(s: &EvaluateSettings) -> GenerateSettings {
+    GenerateSettings {
+        k: s.k,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: 0,
+        max_new_tokens: s.max_new_tokens,
+        seed: s.seed,
+        iteration: 0,
+        batch_size: s.batch_size,
+        prompt_column: None,
+        device: s.device.clone(),
+        dtype: s.dtype.clone(),
+    }
+}
+
+pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
+    let s = job.settings;
+    ensure!(!job.models.is_empty(), "--models: give at least one model");
+    ensure!(s.k >= 1, "--k {}: expected at least 1", s.k);
+    std::fs::create_dir_all(job.out)
+        .with_context(|| format!("cannot create --out {}", job.out.display()))?;
+    let (prompts_meta, prompts) = read_prompts(job.prompts, &PromptOptions::default())?;
+    ensure!(
+        !prompts.is_empty(),
+        "{}: the prompt file has no rows",
+        job.prompts.display()
+    );
+    let gen = sample_settings(s);
+
+    // Names, unique in order.
+    let mut names: Vec<String> = Vec::new();
+    for m in job.models {
+        let mut name = model_name(m);
+        if names.contains(&name) {
+            name = format!("{name}-{}", names.len());
+        }
+        names.push(name);
+    }
+
+    // Responses of every model (cached by the generate stage's own fingerprints).
+    let responses = |spec: &str, file: &str| -> Result<PathBuf> {
+        let out = job.out.join(file);
+        generate::sample(&SampleJob {
+            model: spec,
+            prompts: job.prompts,
+            out: &out,
+            settings: &gen,
+            shard: None,
+            force: job.force,
+        })
+        .with_context(|| format!("responses of {spec}"))?;
+        Ok(out)
+    };
+    let mut files = Vec::new();
+    for (m, name) in job.models.iter().zip(&names) {
+        eprintln!("evaluate: responses of {name}");
+        files.push(responses(m, &format!("responses-{name}.parquet"))?);
+    }
+    let reference = s
+        .reference_model
+        .clone()
+        .unwrap_or_else(|| job.models[0].clone());
+
+    // The baseline: reference answers, or another model's sample 0.
+    let references: HashMap<&str, Option<&str>> = prompts
+        .iter()
+        .map(|p| (p.prompt_id.as_str(), p.reference.as_deref()))
+        .collect();
+    let baseline_texts: HashMap<String, String> = if s.baseline == "reference" {
+        let mut out = HashMap::new();
+        for p in &prompts {
+            let Some(r) = &p.reference else {
+                bail!(
+                    "{}: prompt {:?} has no `reference` answer, which --baseline reference needs (or give a model as --baseline)",
+                    job.prompts.display(),
+                    p.prompt_id
+                );
+            };
+            out.insert(p.prompt_id.clone(), r.clone());
+        }
+        out
+    } else {
+        let pos = job.models.iter().position(|m| *m == s.baseline);
+        let file = match pos {
+            Some(i) => files[i].clone(),
+            None => responses(&s.baseline, "responses-baseline.parquet")?,
+        };
+        let (_, rows) = read_rows::<SampleRow>(&file)?;
+        rows.into_iter()
+            .filter(|r| r.sample_idx == 0)
+            .map(|r| (r.prompt_id, r.response))
+            .collect()
+    };
+
+    // The judge, and the fingerprint of eval.parquet.
+    let judged = judge_spec(job.judge).context("the evaluation judge")?;
+    let mut inputs_meta = vec![(job.prompts.to_path_buf(), prompts_meta.clone())];
+    for f in &files {
+        inputs_meta.push((f.clone(), read_meta(f)?));
+    }
+    let input_refs: Vec<(&Path, &crate::data::FileMeta)> =
+        inputs_meta.iter().map(|(p, m)| (p.as_path(), m)).collect();
+    let eval_path = job.out.join("eval.parquet");
+    let output = StageOutput::new(
+        &eval_path,
+        FileKind::Eval,
+        "evaluate",
+        &json!({"baseline": s.baseline, "judge": judged.content, "models": names}),
+        &input_refs,
+        &judged.models,
+    )?;
+
+    let mut summaries = Vec::new();
+    let mut eval_rows = Vec::new();
+    let judge = (judged.load)()?;
+    for ((spec, name), file) in job.models.iter().zip(&names).zip(&files) {
+        let (_, rows) = read_rows::<SampleRow>(file)?;
+        // Log-ratio to pi_ref over all K samples.
+        let lp = |model: &str, role: &str| -> Result<Vec<LogprobRow>> {
+            let out = job.out.join(format!("logprobs-{name}-{role}.parquet"));
+            generate::logprobs(&LogprobsJob {
+                model,
+                samples: file,
+                role,
+                out: &out,
+                settings: &gen,
+                force: job.force,
+                reuse: None,
+            })?;
+            Ok(read_rows::<LogprobRow>(&out)?.1)
+        };
+        let mean_logratio_ref = if *spec == reference {
+            0.0
+        } else {
+            let own = lp(spec, "policy")?;
+            let base = lp(&reference, "reference")?;
+            own.iter()
+                .zip(&base)
+                .map(|(a, b)| a.logprob - b.logprob)
+                .sum::<f64>()
+                / own.len() as f64
+        };
+
+        eprintln!("evaluate: judging {name} against the baseline");
+        let mut p_win = Vec::new();
+        let mut len_model = Vec::new();
+        let mut len_base = Vec::new();
+        let mut groups: Vec<Vec<&str>> = Vec::new();
+        for r in &rows {
+            if r.sample_idx == 0 {
+                groups.push(Vec::new());
+                let baseline = baseline_texts.get(&r.prompt_id).with_context(|| {
+                    format!("the baseline has no response for prompt {:?}", r.prompt_id)
+                })?;
+                let reference = references.get(r.prompt_id.as_str()).copied().flatten();
+                let a = JudgeItem {
+                    prompt_id: &r.prompt_id,
+                    sample_idx: 0,
+                    messages: &r.messages,
+                    response: &r.response,
+                    reference,
+                };
+                let b = JudgeItem {
+                    response: baseline,
+                    sample_idx: 1,
+                    ..a
+                };
+                let verdict = judge.compare(&a, &b)?;
+                p_win.push(verdict.p);
+                len_model.push(char_length(&r.response) as f64);
+                len_base.push(char_length(baseline) as f64);
+                eval_rows.push(EvalRow {
+                    model: name.clone(),
+                    prompt_id: r.prompt_id.clone(),
+                    response: r.response.clone(),
+                    baseline: baseline.clone(),
+                    p_win: verdict.p,
+                    len_response: char_length(&r.response) as u32,
+                    len_baseline: char_length(baseline) as u32,
+                });
+            }
+            if let Some(g) = groups.last_mut() {
+                g.push(&r.response);
+            }
+        }
+        let lc = lc_winrate(&len_model, &len_base, &p_win)
+            .map(|r| (r.raw_winrate_pct, r.lc_winrate_pct))
+            .unwrap_or_else(|_| {
+                // All lengths equal or separated: the raw win rate is the honest answer.
+                let raw = 100.0 * p_win.iter().sum::<f64>() / p_win.len() as f64;
+                (raw, raw)
+            });
+        let div = diversity(&groups)?;
+        let eos = rows
+            .iter()
+            .filter(|r| r.finish_reason == FinishReason::Eos)
+            .count();
+        summaries.push(ModelSummary {
+            name: name.clone(),
+            path: spec.clone(),
+            prompts: p_win.len(),
+            win_rate: lc.0,
+            lc_win_rate: lc.1,
+            mean_length: rows
+                .iter()
+                .map(|r| char_length(&r.response) as f64)
+                .sum::<f64>()
+                / rows.len() as f64,
+            eos_rate: eos as f64 / rows.len() as f64,
+            self_bleu3: div.self_bleu3,
+            distinct_1: div.distinct_1,
+            distinct_2: div.distinct_2,
+            mean_logratio_ref,
+        });
+    }
+
+    write_rows(&eval_path, &output.meta, &eval_rows)?;
+    let summary = json!({
+        "baseline": s.baseline,
+        "judge": judge.name(),
+        "prompts": job.prompts.display().to_string(),
+        "models": summaries,
+    });
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    write_text(&job.out.join("summary.json"), &summary_text)?;
+    write_text(&job.out.join("chart.svg"), &chart_svg(&summaries))?;
+    let timings = job
+        .timings
+        .map(read_timings)
+        .transpose()?
+        .unwrap_or_default();
+    write_text(
+        &job.out.join("report.md"),
+        &report_markdown(&summaries, &s.baseline, &judge.name(), &timings),
+    )?;
+    Ok(Outcome::Written {
+        rows: eval_rows.len(),
+    })
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    write_atomically(path, |w| {
+        use std::io::Write;
+        w.write_all(text.as_bytes())
+            .map_err(|e| crate::data::DataError::io(path, "cannot write", e))
+    })?;
+    Ok(())
+}
+
+/// `stage<TAB>seconds` lines; a stage run several times is summed.
+fn read_timings(path: &Path) -> Result<Vec<(String, f64)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("--timings {}", path.display())),
+    };
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for line in text.lines() {
+        let Some((stage, secs)) = line.split_once('\t') else {
+            continue;
+        };
+        let secs: f64 = secs.trim().parse().unwrap_or(0.0);
+        match out.iter_mut().find(|(s, _)| s == stage) {
+            Some(e) => e.1 += secs,
+            None => out.push((stage.to_string(), secs)),
+        }
+    }
+    Ok(out)
+}
+
+fn report_markdown(
+    models: &[ModelSummary],
+    baseline: &str,
+    judge: &str,
+    timings: &[(String, f64)],
+) -> String {
+    let mut md = String::new();
+    md.push_str("# RSPO evaluation\n\n");
+    md.push_str(&format!(
+        "Judge: `{judge}`. Baseline: `{baseline}`. Win rates are the mean P(model beats baseline) over the evaluation prompts (sample 0 of each model); LC is the length-controlled win rate (minimal GLM).\n\n"
+    ));
+    md.push_str("| model | win rate % | LC win rate % | mean length (chars) | EOS rate | self-BLEU-3 | distinct-1 | distinct-2 | KL est. (log-ratio to ref) |\n");
+    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for m in models {
+        md.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} |\n",
+            m.name,
+            m.win_rate,
+            m.lc_win_rate,
+            m.mean_length,
+            m.eos_rate,
+            m.self_bleu3,
+            m.distinct_1,
+            m.distinct_2,
+            m.mean_logratio_ref
+        ));
+    }
+    md.push_str("\n![win rate, LC win rate and length per iteration](chart.svg)\n");
+    if !timings.is_empty() {
+        md.push_str("\n## Stage timings\n\n| stage | seconds |\n| --- | ---: |\n");
+        for (stage, secs) in timings {
+            md.push_str(&format!("| {stage} | {secs:.1} |\n"));
+        }
+        let total: f64 = timings.iter().map(|t| t.1).sum();
+        md.push_str(&format!("| **total** | **{total:.1}** |\n"));
+    }
+    md
+}
+
+/// Win rate and LC win rate (left axis, %) and mean length (right axis) per model.
+fn chart_svg(models: &[ModelSummary]) -> String {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 360)).into_drawing_area();
+        let draw = || -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let n = models.len().max(2);
+            let max_len = models.iter().map(|m| m.mean_length).fold(1.0, f64::max) * 1.1;
+            let mut chart = ChartBuilder::on(&root)
+                .caption("RSPO iterations", ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(32)
+                .y_label_area_size(48)
+                .right_y_label_area_size(56)
+                .build_cartesian_2d(0f64..(n - 1) as f64, 0f64..100f64)?
+                .set_secondary_coord(0f64..(n - 1) as f64, 0f64..max_len);
+            let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+            chart
+                .configure_mesh()
+                .x_labels(models.len())
+                .x_label_formatter(&|x| names.get(x.round() as usize).cloned().unwrap_or_default())
+                .y_desc("win rate %")
+                .draw()?;
+            chart
+                .configure_secondary_axes()
+                .y_desc("mean length (chars)")
+                .draw()?;
+            let pts = |f: &dyn Fn(&ModelSummary) -> f64| -> Vec<(f64, f64)> {
+                models
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (i as f64, f(m)))
+                    .collect()
+            };
+            chart
+                .draw_series(LineSeries::new(pts(&|m| m.win_rate), BLUE.stroke_width(2)))?
+                .label("win rate")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+            chart
+                .draw_series(LineSeries::new(
+                    pts(&|m| m.lc_win_rate),
+                    RED.stroke_width(2),
+                ))?
+                .label("LC win rate")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+            chart
+                .draw_secondary_series(LineSeries::new(
+                    pts(&|m| m.mean_length),
+                    GREEN.stroke_width(2),
+                ))?
+                .label("mean length")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], GREEN));
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .background_style(WHITE)
+                .draw()?;
+            root.present()?;
+            Ok(())
+        };
+        if let Err(e) = draw() {
+            eprintln!("evaluate: chart not drawn: {e}");
+        }
+    }
+    svg
+}
