@@ -1,0 +1,696 @@
+//! The DeBERTa-v2/v3 encoder (He et al., arXiv 2006.03654 and 2111.09543), inference only, as
+//! transformers' `modeling_deberta_v2.py` computes it. PairRM's encoder is a DeBERTa-v3-large.
+//!
+//! What sets it apart from BERT is disentangled attention. Tokens carry only content (no absolute
+//! position is added to the input when `position_biased_input` is false); positions enter every
+//! layer's attention through embeddings of the relative distance `delta(i, j) = i - j`, shared
+//! by all layers and bucketed log-linearly beyond `position_buckets / 2`. Query i's score on
+//! key j is
+//!
+//! ```text
+//! ( q_i . k_j                                     content to content
+//! + q_i . Kr[clamp(span + delta(i, j))]           c2p: query content to the key's relative position
+//! + k_j . Qr[clamp(span - delta(j, i))] )         p2c: key content to the query's relative position
+//! / sqrt(head_dim * (1 + #{c2p, p2c}))
+//! ```
+//!
+//! where `Kr`, `Qr` are the relative embeddings (layer-normed once when `norm_rel_ebd` says
+//! `layer_norm`) projected by the layer's key and query projections (`share_att_key`, as in v3)
+//! or by their own `pos_key_proj` / `pos_query_proj`.
+//!
+//! Layout here: heads come first, `(heads, batch, seq, head_dim)`, so the relative terms are
+//! plain batched matmuls against a `(heads, head_dim, 2 * span)` table, and picking each (i, j)'s
+//! bucket is one `index_select` over a flat index computed once per sequence length.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::LayerNorm;
+use serde::{Deserialize, Deserializer};
+
+use crate::model::{ModelError, Weights};
+
+/// The encoder's part of a DeBERTa-v2 `config.json`, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DebertaV2Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_head_size: Option<usize>,
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_true")]
+    pub position_biased_input: bool,
+    #[serde(default)]
+    pub relative_attention: bool,
+    #[serde(default = "default_minus_one")]
+    pub max_relative_positions: i64,
+    #[serde(default = "default_minus_one")]
+    pub position_buckets: i64,
+    /// `"p2c|c2p"` or `["p2c", "c2p"]`.
+    #[serde(default, deserialize_with = "pos_att_type")]
+    pub pos_att_type: Vec<String>,
+    #[serde(default)]
+    pub share_att_key: bool,
+    #[serde(default = "default_norm_rel_ebd")]
+    pub norm_rel_ebd: String,
+    #[serde(default)]
+    pub conv_kernel_size: usize,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-7
+}
+fn default_max_position_embeddings() -> usize {
+    512
+}
+fn default_true() -> bool {
+    true
+}
+fn default_minus_one() -> i64 {
+    -1
+}
+fn default_norm_rel_ebd() -> String {
+    "none".into()
+}
+
+fn pos_att_type<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => s.split('|').map(|x| x.trim().to_lowercase()).collect(),
+        Some(OneOrMany::Many(v)) => v.into_iter().map(|x| x.trim().to_lowercase()).collect(),
+    })
+}
+
+impl DebertaV2Config {
+    fn has(&self, kind: &str) -> bool {
+        self.pos_att_type.iter().any(|t| t == kind)
+    }
+
+    /// The relative-position settings as the attention uses them: a `max_relative_positions`
+    /// below 1 means `max_position_embeddings`, and the embedding table spans
+    /// `2 * position_buckets` rows when bucketing is on.
+    fn relative(&self) -> Option<RelativeGeometry> {
+        if !self.relative_attention {
+            return None;
+        }
+        let max_relative_positions = if self.max_relative_positions < 1 {
+            self.max_position_embeddings as i64
+        } else {
+            self.max_relative_positions
+        };
+        let span = if self.position_buckets > 0 {
+            self.position_buckets
+        } else {
+            max_relative_positions
+        };
+        Some(RelativeGeometry {
+            buckets: self.position_buckets,
+            max_relative_positions,
+            span,
+        })
+    }
+}
+
+/// A config setting this encoder does not implement, named with the checkpoint's config file.
+fn unsupported(w: &Weights, message: String) -> ModelError {
+    ModelError::Config {
+        path: w.source().join("config.json"),
+        message,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relative positions
+
+#[derive(Debug, Clone, Copy)]
+struct RelativeGeometry {
+    /// `position_buckets`; bucketing is off when it is not positive.
+    buckets: i64,
+    max_relative_positions: i64,
+    /// Half the rows of the relative embedding table (`pos_ebd_size`).
+    span: i64,
+}
+
+/// transformers' `make_log_bucket_position` for one distance: exact within `mid = buckets / 2`,
+/// log-spaced beyond. In f32, as torch computes it (for PairRM's 256 / 512 and the fixture's
+/// 64 / 512, f32 and f64 give the same buckets; the nearest call is 3e-5 from an integer).
+pub fn log_bucket_position(relative: i64, buckets: i64, max_position: i64) -> i64 {
+    let mid = buckets / 2;
+    let abs_pos = if relative < mid && relative > -mid {
+        mid - 1
+    } else {
+        relative.abs()
+    };
+    if abs_pos <= mid {
+        return relative;
+    }
+    let denominator = (((max_position - 1) as f64 / mid as f64) as f32).ln();
+    let log_pos =
+        ((abs_pos as f32 / mid as f32).ln() / denominator * (mid - 1) as f32).ceil() + mid as f32;
+    log_pos as i64 * relative.signum()
+}
+
+impl RelativeGeometry {
+    /// `build_relative_position(q, k)[i][j]`: the (bucketed) distance `i - j`.
+    fn delta(&self, i: usize, j: usize) -> i64 {
+        let relative = i as i64 - j as i64;
+        if self.buckets > 0 && self.max_relative_positions > 0 {
+            log_bucket_position(relative, self.buckets, self.max_relative_positions)
+        } else {
+            relative
+        }
+    }
+
+    /// Flat indices into the `(seq, 2 * span)` tables of c2p and p2c scores: entry `i * len + j`
+    /// picks query i's c2p score for key j, and key j's p2c score for query i.
+    fn indices(&self, len: usize, device: &Device) -> candle_core::Result<RelativeIndices> {
+        let width = 2 * self.span;
+        let mut c2p = Vec::with_capacity(len * len);
+        let mut p2c = Vec::with_capacity(len * len);
+        for i in 0..len {
+            for j in 0..len {
+                let c2p_pos = (self.delta(i, j) + self.span).clamp(0, width - 1);
+                let p2c_pos = (self.span - self.delta(j, i)).clamp(0, width - 1);
+                c2p.push((i as i64 * width + c2p_pos) as u32);
+                p2c.push((j as i64 * width + p2c_pos) as u32);
+            }
+        }
+        Ok(RelativeIndices {
+            c2p: Tensor::from_vec(c2p, len * len, device)?,
+            p2c: Tensor::from_vec(p2c, len * len, device)?,
+        })
+    }
+}
+
+struct RelativeIndices {
+    c2p: Tensor,
+    p2c: Tensor,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+/// `y = x W^T + b` over the last dimension, as one matmul over all rows.
+#[derive(Clone)]
+struct Dense {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    fn load(
+        w: &Weights,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self, ModelError> {
+        let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(w.get(&format!("{name}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Dense {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.weight_t.dim(1)?;
+        y.reshape(out)
+    }
+}
+
+fn layer_norm(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<LayerNorm, ModelError> {
+    Ok(LayerNorm::new(
+        w.get(&format!("{name}.weight"), &[dim])?,
+        w.get(&format!("{name}.bias"), &[dim])?,
+        eps,
+    ))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn parse(w: &Weights, name: &str) -> Result<Self, ModelError> {
+        match name {
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(unsupported(
+                w,
+                format!("hidden_act {other:?} is not supported, expected gelu, gelu_new or relu"),
+            )),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// `DebertaV2Embeddings`: word (+ absolute position) (+ token type 0) embeddings, projected to
+/// the hidden size if narrower, layer-normed, and zeroed at padding.
+struct Embeddings {
+    word: Tensor,
+    position: Option<Tensor>,
+    token_type_0: Option<Tensor>,
+    projection: Option<Dense>,
+    norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(w: &Weights, cfg: &DebertaV2Config) -> Result<Self, ModelError> {
+        let e = cfg.embedding_size.unwrap_or(cfg.hidden_size);
+        let p = "pretrained_model.embeddings";
+        let position = if cfg.position_biased_input {
+            Some(w.get(
+                &format!("{p}.position_embeddings.weight"),
+                &[cfg.max_position_embeddings, e],
+            )?)
+        } else {
+            None
+        };
+        // Nothing passes token type ids, so every token gets type 0.
+        let token_type_0 = if cfg.type_vocab_size > 0 {
+            Some(
+                w.get(
+                    &format!("{p}.token_type_embeddings.weight"),
+                    &[cfg.type_vocab_size, e],
+                )?
+                .get(0)?,
+            )
+        } else {
+            None
+        };
+        let projection = if e != cfg.hidden_size {
+            Some(Dense::load(
+                w,
+                &format!("{p}.embed_proj"),
+                cfg.hidden_size,
+                e,
+                false,
+            )?)
+        } else {
+            None
+        };
+        Ok(Embeddings {
+            word: w.get(&format!("{p}.word_embeddings.weight"), &[cfg.vocab_size, e])?,
+            position,
+            token_type_0,
+            projection,
+            norm: layer_norm(
+                w,
+                &format!("{p}.LayerNorm"),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+            )?,
+        })
+    }
+
+    /// `ids` (batch, seq) u32, `keep` (batch, seq, 1) 1 for tokens and 0 for padding.
+    fn forward(&self, ids: &Tensor, keep: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let mut x = self.word.index_select(&ids.flatten_all()?, 0)?;
+        let e = x.dim(1)?;
+        x = x.reshape((b, l, e))?;
+        if let Some(position) = &self.position {
+            x = x.broadcast_add(&position.narrow(0, 0, l)?)?;
+        }
+        if let Some(t0) = &self.token_type_0 {
+            x = x.broadcast_add(t0)?;
+        }
+        if let Some(projection) = &self.projection {
+            x = projection.forward(&x)?;
+        }
+        self.norm.forward(&x)?.broadcast_mul(keep)
+    }
+}
+
+/// `DisentangledSelfAttention` with its output projection and residual norm.
+struct Attention {
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    /// c2p: the relative embeddings seen as keys, `(heads, head_dim, 2 * span)`; fixed weights,
+    /// so projected once at load.
+    pos_key_t: Option<Tensor>,
+    /// p2c: the relative embeddings seen as queries, same layout.
+    pos_query_t: Option<Tensor>,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+    output: Dense,
+    norm: LayerNorm,
+}
+
+impl Attention {
+    fn load(
+        w: &Weights,
+        p: &str,
+        cfg: &DebertaV2Config,
+        rel_embeddings: Option<&Tensor>,
+    ) -> Result<Self, ModelError> {
+        let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
+        let head_dim = cfg.attention_head_size.unwrap_or(h / heads);
+        let all = heads * head_dim;
+        let s = format!("{p}.attention.self");
+        let query = Dense::load(w, &format!("{s}.query_proj"), all, h, true)?;
+        let key = Dense::load(w, &format!("{s}.key_proj"), all, h, true)?;
+        let value = Dense::load(w, &format!("{s}.value_proj"), all, h, true)?;
+        // (2 * span, heads * head_dim) -> (heads, head_dim, 2 * span)
+        let table = |proj: &Dense, rel: &Tensor| -> candle_core::Result<Tensor> {
+            let rows = rel.dim(0)?;
+            proj.forward(rel)?
+                .reshape((rows, heads, head_dim))?
+                .permute((1, 2, 0))?
+                .contiguous()
+        };
+        let (mut pos_key_t, mut pos_query_t) = (None, None);
+        if let Some(rel) = rel_embeddings {
+            if cfg.has("c2p") {
+                pos_key_t = Some(if cfg.share_att_key {
+                    table(&key, rel)?
+                } else {
+                    table(
+                        &Dense::load(w, &format!("{s}.pos_key_proj"), all, h, true)?,
+                        rel,
+                    )?
+                });
+            }
+            if cfg.has("p2c") {
+                pos_query_t = Some(if cfg.share_att_key {
+                    table(&query, rel)?
+                } else {
+                    table(
+                        &Dense::load(w, &format!("{s}.pos_query_proj"), all, h, true)?,
+                        rel,
+                    )?
+                });
+            }
+        }
+        let scale_factor = 1 + usize::from(cfg.has("c2p")) + usize::from(cfg.has("p2c"));
+        let o = format!("{p}.attention.output");
+        Ok(Attention {
+            query,
+            key,
+            value,
+            pos_key_t,
+            pos_query_t,
+            heads,
+            head_dim,
+            scale: ((head_dim * scale_factor) as f64).sqrt(),
+            output: Dense::load(w, &format!("{o}.dense"), h, all, true)?,
+            norm: layer_norm(w, &format!("{o}.LayerNorm"), h, cfg.layer_norm_eps)?,
+        })
+    }
+
+    /// `x` (batch, seq, hidden); `mask` (1, batch, 1, seq) additive, 0 at tokens and very
+    /// negative at padding keys.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        rel: Option<&RelativeIndices>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let (nh, d) = (self.heads, self.head_dim);
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, l, nh, d))?
+                .permute((2, 0, 1, 3))?
+                .contiguous()
+        };
+        let q = split(self.query.forward(x)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(rel) = rel {
+            // (heads, batch * seq, head_dim) x (heads, head_dim, 2 span), then each (i, j) picks its bucket.
+            let pick =
+                |content: &Tensor, table: &Tensor, index: &Tensor| -> candle_core::Result<Tensor> {
+                    let width = table.dim(2)?;
+                    content
+                        .reshape((nh, b * l, d))?
+                        .matmul(table)?
+                        .reshape((nh * b, l * width))?
+                        .index_select(index, 1)?
+                        .reshape((nh, b, l, l))
+                };
+            if let Some(table) = &self.pos_key_t {
+                scores = (scores + pick(&q, table, &rel.c2p)?)?;
+            }
+            if let Some(table) = &self.pos_query_t {
+                scores = (scores + pick(&k, table, &rel.p2c)?)?;
+            }
+        }
+        let scores = (scores / self.scale)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs
+            .matmul(&v)?
+            .permute((1, 2, 0, 3))?
+            .reshape((b, l, nh * d))?;
+        self.norm.forward(&(self.output.forward(&context)? + x)?)
+    }
+}
+
+/// `DebertaV2Layer`: attention, then the feed-forward block with its residual norm.
+struct Layer {
+    attention: Attention,
+    intermediate: Dense,
+    activation: Activation,
+    output: Dense,
+    norm: LayerNorm,
+}
+
+impl Layer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        rel: Option<&RelativeIndices>,
+    ) -> candle_core::Result<Tensor> {
+        let a = self.attention.forward(x, mask, rel)?;
+        let y = self
+            .output
+            .forward(&self.activation.forward(&self.intermediate.forward(&a)?)?)?;
+        self.norm.forward(&(y + a)?)
+    }
+}
+
+/// `DebertaV2Model` without the enhanced mask decoder: input ids to last hidden states.
+/// Weights are read under `pretrained_model.` (llm-blender's name for it).
+pub struct DebertaV2Encoder {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    relative: Option<RelativeGeometry>,
+    max_position_embeddings: Option<usize>,
+    dtype: DType,
+}
+
+impl DebertaV2Encoder {
+    pub fn load(w: &Weights, cfg: &DebertaV2Config) -> Result<Self, ModelError> {
+        if cfg.conv_kernel_size > 0 {
+            return Err(unsupported(w, format!(
+                "conv_kernel_size {} (DeBERTa-v2's convolution layer) is not supported, expected 0 as in DeBERTa-v3",
+                cfg.conv_kernel_size
+            )));
+        }
+        if cfg.num_attention_heads == 0
+            || cfg
+                .attention_head_size
+                .unwrap_or(cfg.hidden_size / cfg.num_attention_heads)
+                * cfg.num_attention_heads
+                != cfg.hidden_size
+        {
+            return Err(unsupported(
+                w,
+                format!(
+                    "num_attention_heads {} does not split hidden_size {} into heads",
+                    cfg.num_attention_heads, cfg.hidden_size
+                ),
+            ));
+        }
+        let activation = Activation::parse(w, &cfg.hidden_act)?;
+        let relative = cfg.relative();
+        let p = "pretrained_model.encoder";
+        // The relative embeddings are weights, so their layer norm is computed once here.
+        let rel_embeddings = match relative {
+            Some(g) => {
+                let rows = 2 * g.span as usize;
+                let table = w.get(
+                    &format!("{p}.rel_embeddings.weight"),
+                    &[rows, cfg.hidden_size],
+                )?;
+                let layer_normed = cfg
+                    .norm_rel_ebd
+                    .to_lowercase()
+                    .split('|')
+                    .any(|x| x.trim() == "layer_norm");
+                Some(if layer_normed {
+                    layer_norm(
+                        w,
+                        &format!("{p}.LayerNorm"),
+                        cfg.hidden_size,
+                        cfg.layer_norm_eps,
+                    )?
+                    .forward(&table)?
+                } else {
+                    table
+                })
+            }
+            None => None,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = format!("{p}.layer.{i}");
+                Ok(Layer {
+                    attention: Attention::load(w, &l, cfg, rel_embeddings.as_ref())?,
+                    intermediate: Dense::load(
+                        w,
+                        &format!("{l}.intermediate.dense"),
+                        cfg.intermediate_size,
+                        cfg.hidden_size,
+                        true,
+                    )?,
+                    activation,
+                    output: Dense::load(
+                        w,
+                        &format!("{l}.output.dense"),
+                        cfg.hidden_size,
+                        cfg.intermediate_size,
+                        true,
+                    )?,
+                    norm: layer_norm(
+                        w,
+                        &format!("{l}.output.LayerNorm"),
+                        cfg.hidden_size,
+                        cfg.layer_norm_eps,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let embeddings = Embeddings::load(w, cfg)?;
+        let dtype = embeddings.word.dtype();
+        Ok(DebertaV2Encoder {
+            embeddings,
+            layers,
+            relative,
+            max_position_embeddings: cfg
+                .position_biased_input
+                .then_some(cfg.max_position_embeddings),
+            dtype,
+        })
+    }
+
+    /// The longest sequence the encoder takes: absolute position embeddings end at
+    /// `max_position_embeddings`; relative positions have no end.
+    pub fn max_len(&self) -> Option<usize> {
+        self.max_position_embeddings
+    }
+
+    /// Last hidden states `(batch, seq, hidden)` of right-padded `ids` `(batch, seq)` u32 whose
+    /// rows have `lens` real tokens each.
+    pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let device = ids.device();
+        let keep: Vec<f32> = lens
+            .iter()
+            .flat_map(|&n| (0..l).map(move |t| if t < n { 1.0 } else { 0.0 }))
+            .collect();
+        let keep = Tensor::from_vec(keep, (b, l), device)?.to_dtype(self.dtype)?;
+        // Padding keys get the lowest finite value, as transformers' masked_fill does: their
+        // weight is exactly 0 and a row never turns into NaN. (Padding queries see every key; their
+        // outputs are never read.)
+        let mask = ((keep.ones_like()? - &keep)? * f64::from(f32::MIN))?.reshape((1, b, 1, l))?;
+        let rel = match &self.relative {
+            Some(g) => Some(g.indices(l, device)?),
+            None => None,
+        };
+        let mut x = self.embeddings.forward(ids, &keep.unsqueeze(2)?)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask, rel.as_ref())?;
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-computed buckets for PairRM-style 64 / 512 bucketing: exact up to 32, then
+    /// `ceil(ln(|d| / 32) / ln(511 / 32) * 31) + 32`, odd in d.
+    #[test]
+    fn log_buckets() {
+        for d in -32..=32 {
+            assert_eq!(log_bucket_position(d, 64, 512), d);
+        }
+        assert_eq!(log_bucket_position(33, 64, 512), 33);
+        assert_eq!(log_bucket_position(40, 64, 512), 35);
+        assert_eq!(log_bucket_position(-40, 64, 512), -35);
+        assert_eq!(log_bucket_position(511, 64, 512), 63);
+        assert_eq!(log_bucket_position(-511, 64, 512), -63);
+    }
+
+    /// f32 (torch's precision) and f64 agree on every bucket up to 20k tokens, so the choice
+    /// does not matter for real inputs.
+    #[test]
+    fn log_buckets_do_not_depend_on_float_width() {
+        for (buckets, max_position) in [(64i64, 512i64), (256, 512)] {
+            let mid = buckets / 2;
+            for d in mid + 1..20_000 {
+                let v = (d as f64 / mid as f64).ln()
+                    / ((max_position - 1) as f64 / mid as f64).ln()
+                    * (mid - 1) as f64;
+                let f64_bucket = v.ceil() as i64 + mid;
+                assert_eq!(
+                    log_bucket_position(d, buckets, max_position),
+                    f64_bucket,
+                    "d = {d}"
+                );
+            }
+        }
+    }
+}
