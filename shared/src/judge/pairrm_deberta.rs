@@ -182,30 +182,141 @@ impl RelativeGeometry {
         }
     }
 
-    /// Flat indices into the `(seq, 2 * span)` tables of c2p and p2c scores: entry `i * len + j`
-    /// picks query i's c2p score for key j, and key j's p2c score for query i.
-    fn indices(&self, len: usize, device: &Device) -> candle_core::Result<RelativeIndices> {
+    /// Which column of the `(seq, 2 * span)` c2p and p2c tables each (query i, key j) reads:
+    /// query i's row at `span + delta(i, j)` and key j's row at `span - delta(j, i)`, clamped.
+    fn columns(&self, len: usize) -> RelativeColumns {
         let width = 2 * self.span;
         let mut c2p = Vec::with_capacity(len * len);
         let mut p2c = Vec::with_capacity(len * len);
         for i in 0..len {
             for j in 0..len {
-                let c2p_pos = (self.delta(i, j) + self.span).clamp(0, width - 1);
-                let p2c_pos = (self.span - self.delta(j, i)).clamp(0, width - 1);
-                c2p.push((i as i64 * width + c2p_pos) as u32);
-                p2c.push((j as i64 * width + p2c_pos) as u32);
+                c2p.push((self.delta(i, j) + self.span).clamp(0, width - 1) as u32);
+                p2c.push((self.span - self.delta(j, i)).clamp(0, width - 1) as u32);
             }
         }
-        Ok(RelativeIndices {
-            c2p: Tensor::from_vec(c2p, len * len, device)?,
-            p2c: Tensor::from_vec(p2c, len * len, device)?,
-        })
+        RelativeColumns {
+            len,
+            width: width as usize,
+            c2p,
+            p2c,
+        }
     }
 }
 
+/// Entry `i * len + j`: the table column that (query i, key j) reads.
+struct RelativeColumns {
+    len: usize,
+    width: usize,
+    c2p: Vec<u32>,
+    p2c: Vec<u32>,
+}
+
+impl RelativeColumns {
+    /// The same choice as flat indices into `(seq * 2 span)` rows, for `index_select`: c2p reads
+    /// query i's row, p2c key j's row.
+    fn flat(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let (l, w) = (self.len, self.width as u32);
+        let c2p: Vec<u32> = (0..l * l)
+            .map(|n| (n / l) as u32 * w + self.c2p[n])
+            .collect();
+        let p2c: Vec<u32> = (0..l * l)
+            .map(|n| (n % l) as u32 * w + self.p2c[n])
+            .collect();
+        Ok((
+            Tensor::from_vec(c2p, l * l, device)?,
+            Tensor::from_vec(p2c, l * l, device)?,
+        ))
+    }
+}
+
+/// What the attention needs about relative positions for one batch.
 struct RelativeIndices {
-    c2p: Tensor,
-    p2c: Tensor,
+    columns: RelativeColumns,
+    /// `index_select` indices, only where the fused CPU kernel does not run.
+    flat: Option<(Tensor, Tensor)>,
+}
+
+/// One pass per query row on the CPU: the content scores plus the c2p and p2c entries each key
+/// reads, scaled, padding keys dropped, softmax. The tensor-op route (two `index_select`s, four
+/// elementwise passes and a softmax over heads x batch x len^2, each single-threaded) took half
+/// of a layer's time.
+struct DisentangledSoftmax<'a> {
+    columns: &'a RelativeColumns,
+    /// Real tokens per batch row; keys at or past it are padding.
+    lens: &'a [usize],
+    use_c2p: bool,
+    use_p2c: bool,
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for DisentangledSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "deberta-disentangled-softmax"
+    }
+
+    /// `content` (heads * batch, len, len), `c2p` and `p2c` (heads * batch, len, 2 span); a term
+    /// that is switched off passes `content` as a stand-in.
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        fn f32s<'s>(
+            s: &'s candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> candle_core::Result<&'s [f32]> {
+            match (s, l.contiguous_offsets()) {
+                (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+                _ => candle_core::bail!("disentangled softmax expects contiguous f32 inputs"),
+            }
+        }
+        let (content, c2p, p2c) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
+        let (l, w) = (self.columns.len, self.columns.width);
+        let batch = self.lens.len();
+        let rows = content.len() / l;
+        let mut out = vec![0f32; rows * l];
+        out.par_chunks_mut(l).enumerate().for_each(|(r, probs)| {
+            // Row r is (head, batch row b, query i) of the (heads, batch, len) layout.
+            let (hb, i) = (r / l, r % l);
+            let keys = self.lens[hb % batch].min(l);
+            let content = &content[r * l..(r + 1) * l];
+            let c2p_row = &c2p[if self.use_c2p { r * w } else { 0 }..];
+            let p2c_head = &p2c[if self.use_p2c { hb * l * w } else { 0 }..];
+            let c2p_cols = &self.columns.c2p[i * l..(i + 1) * l];
+            let p2c_cols = &self.columns.p2c[i * l..(i + 1) * l];
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..keys {
+                let mut s = content[j];
+                if self.use_c2p {
+                    s += c2p_row[c2p_cols[j] as usize];
+                }
+                if self.use_p2c {
+                    s += p2c_head[j * w + p2c_cols[j] as usize];
+                }
+                let s = s / self.scale;
+                probs[j] = s;
+                max = max.max(s);
+            }
+            let mut sum = 0f32;
+            for p in &mut probs[..keys] {
+                *p = (*p - max).exp();
+                sum += *p;
+            }
+            for p in &mut probs[..keys] {
+                *p /= sum;
+            }
+            // Padding keys keep probability 0, as after transformers' masked_fill and softmax.
+        });
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((rows / l, l, l)),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,10 +395,45 @@ impl Activation {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Activation::GeluErf if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1_no_bwd(&ParallelGeluErf)
+            }
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
         }
+    }
+}
+
+/// candle's `gelu_erf`, the same formula and erf, over rayon threads: the feed-forward
+/// activation is batch x seq x intermediate erfs, and candle's unary ops run on one thread.
+struct ParallelGeluErf;
+
+impl candle_core::CustomOp1 for ParallelGeluErf {
+    fn name(&self) -> &'static str {
+        "parallel-gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::cpu::erf::erf_f32;
+        use rayon::prelude::*;
+        let x = match (s, l.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("parallel gelu expects contiguous f32 input"),
+        };
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }
 }
 
@@ -448,11 +594,12 @@ impl Attention {
     }
 
     /// `x` (batch, seq, hidden); `mask` (1, batch, 1, seq) additive, 0 at tokens and very
-    /// negative at padding keys.
+    /// negative at padding keys; `lens` the real tokens of each batch row.
     fn forward(
         &self,
         x: &Tensor,
         mask: &Tensor,
+        lens: &[usize],
         rel: Option<&RelativeIndices>,
     ) -> candle_core::Result<Tensor> {
         let (b, l, _) = x.dims3()?;
@@ -465,28 +612,66 @@ impl Attention {
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(rel) = rel {
-            // (heads, batch * seq, head_dim) x (heads, head_dim, 2 span), then each (i, j) picks its bucket.
-            let pick =
-                |content: &Tensor, table: &Tensor, index: &Tensor| -> candle_core::Result<Tensor> {
-                    let width = table.dim(2)?;
-                    content
-                        .reshape((nh, b * l, d))?
-                        .matmul(table)?
-                        .reshape((nh * b, l * width))?
-                        .index_select(index, 1)?
-                        .reshape((nh, b, l, l))
-                };
-            if let Some(table) = &self.pos_key_t {
-                scores = (scores + pick(&q, table, &rel.c2p)?)?;
+        let content = q.matmul(&k.t()?)?;
+        // (heads, batch * seq, head_dim) x (heads, head_dim, 2 span): every row's score against
+        // every relative embedding, (heads * batch, seq, 2 span).
+        let table = |x: &Tensor, table: &Option<Tensor>| -> candle_core::Result<Option<Tensor>> {
+            table
+                .as_ref()
+                .map(|t| {
+                    x.reshape((nh, b * l, d))?
+                        .matmul(t)?
+                        .reshape((nh * b, l, t.dim(2)?))
+                })
+                .transpose()
+        };
+        let probs = match rel {
+            Some(rel) => {
+                let c2p = table(&q, &self.pos_key_t)?;
+                let p2c = table(&k, &self.pos_query_t)?;
+                match &rel.flat {
+                    None => {
+                        let content = content.reshape((nh * b, l, l))?;
+                        let op = DisentangledSoftmax {
+                            columns: &rel.columns,
+                            lens,
+                            use_c2p: c2p.is_some(),
+                            use_p2c: p2c.is_some(),
+                            scale: self.scale as f32,
+                        };
+                        content
+                            .apply_op3_no_bwd(
+                                c2p.as_ref().unwrap_or(&content),
+                                p2c.as_ref().unwrap_or(&content),
+                                &op,
+                            )?
+                            .reshape((nh, b, l, l))?
+                    }
+                    Some((c2p_index, p2c_index)) => {
+                        // Each (i, j) picks its bucket from the flattened tables.
+                        let pick = |t: Tensor, index: &Tensor| -> candle_core::Result<Tensor> {
+                            let w = t.dim(2)?;
+                            t.reshape((nh * b, l * w))?
+                                .index_select(index, 1)?
+                                .reshape((nh, b, l, l))
+                        };
+                        let mut scores = content;
+                        if let Some(t) = c2p {
+                            scores = (scores + pick(t, c2p_index)?)?;
+                        }
+                        if let Some(t) = p2c {
+                            scores = (scores + pick(t, p2c_index)?)?;
+                        }
+                        let scores = (scores / self.scale)?.broadcast_add(mask)?;
+                        candle_nn::ops::softmax_last_dim(&scores)?
+                    }
+                }
             }
-            if let Some(table) = &self.pos_query_t {
-                scores = (scores + pick(&k, table, &rel.p2c)?)?;
+            None => {
+                let scores = (content / self.scale)?.broadcast_add(mask)?;
+                candle_nn::ops::softmax_last_dim(&scores)?
             }
-        }
-        let scores = (scores / self.scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        };
         let context = probs
             .matmul(&v)?
             .permute((1, 2, 0, 3))?
@@ -509,9 +694,10 @@ impl Layer {
         &self,
         x: &Tensor,
         mask: &Tensor,
+        lens: &[usize],
         rel: Option<&RelativeIndices>,
     ) -> candle_core::Result<Tensor> {
-        let a = self.attention.forward(x, mask, rel)?;
+        let a = self.attention.forward(x, mask, lens, rel)?;
         let y = self
             .output
             .forward(&self.activation.forward(&self.intermediate.forward(&a)?)?)?;
@@ -527,6 +713,8 @@ pub struct DebertaV2Encoder {
     relative: Option<RelativeGeometry>,
     max_position_embeddings: Option<usize>,
     dtype: DType,
+    /// f32 on the CPU runs [`DisentangledSoftmax`]; off only to test it against the tensor ops.
+    fused_cpu_softmax: bool,
 }
 
 impl DebertaV2Encoder {
@@ -621,6 +809,7 @@ impl DebertaV2Encoder {
                 .position_biased_input
                 .then_some(cfg.max_position_embeddings),
             dtype,
+            fused_cpu_softmax: true,
         })
     }
 
@@ -645,12 +834,21 @@ impl DebertaV2Encoder {
         // outputs are never read.)
         let mask = ((keep.ones_like()? - &keep)? * f64::from(f32::MIN))?.reshape((1, b, 1, l))?;
         let rel = match &self.relative {
-            Some(g) => Some(g.indices(l, device)?),
+            Some(g) => {
+                let columns = g.columns(l);
+                let fused = self.fused_cpu_softmax && device.is_cpu() && self.dtype == DType::F32;
+                let flat = if fused {
+                    None
+                } else {
+                    Some(columns.flat(device)?)
+                };
+                Some(RelativeIndices { columns, flat })
+            }
             None => None,
         };
         let mut x = self.embeddings.forward(ids, &keep.unsqueeze(2)?)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, rel.as_ref())?;
+            x = layer.forward(&x, &mask, lens, rel.as_ref())?;
         }
         Ok(x)
     }
@@ -672,6 +870,68 @@ mod tests {
         assert_eq!(log_bucket_position(-40, 64, 512), -35);
         assert_eq!(log_bucket_position(511, 64, 512), 63);
         assert_eq!(log_bucket_position(-511, 64, 512), -63);
+    }
+
+    /// The fused CPU kernel and the tensor-op route give the same hidden states at real tokens,
+    /// for every combination of relative terms, shared or separate position projections, and
+    /// with buckets small enough that distances are log-bucketed and clamped.
+    #[test]
+    fn fused_softmax_matches_tensor_ops() {
+        let variants = [
+            (serde_json::json!(["p2c", "c2p"]), true, true),
+            (serde_json::json!("c2p"), false, true),
+            (serde_json::json!("p2c"), false, true),
+            (serde_json::json!(null), false, false),
+        ];
+        for (pos_att_type, share_att_key, relative_attention) in variants {
+            let config: crate::judge::PairRmConfig = serde_json::from_value(serde_json::json!({
+                "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "intermediate_size": 48,
+                "relative_attention": relative_attention, "position_buckets": 8,
+                "pos_att_type": pos_att_type, "share_att_key": share_att_key,
+                "norm_rel_ebd": "layer_norm", "position_biased_input": false,
+                "n_tasks": 1, "source_prefix_id": 1, "cand1_prefix_id": 2, "cand2_prefix_id": 3
+            }))
+            .unwrap();
+            let w = crate::judge::random_pairrm_weights(&config, 0.5, &Device::Cpu).unwrap();
+            let mut encoder = DebertaV2Encoder::load(&w, &config.encoder).unwrap();
+            let lens = [20usize, 13, 7];
+            let ids: Vec<u32> = (0..60u32).map(|n| (n * 7 + 3) % 50).collect();
+            let ids = Tensor::from_vec(ids, (3, 20), &Device::Cpu).unwrap();
+            let fused = encoder.forward(&ids, &lens).unwrap();
+            encoder.fused_cpu_softmax = false;
+            let ops = encoder.forward(&ids, &lens).unwrap();
+            for (r, &n) in lens.iter().enumerate() {
+                let diff = (fused.get(r).unwrap().narrow(0, 0, n).unwrap()
+                    - ops.get(r).unwrap().narrow(0, 0, n).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+                assert!(
+                    diff < 1e-5,
+                    "{pos_att_type}, share {share_att_key}: row {r} differs by {diff}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_gelu_is_candles_gelu() {
+        let x = Tensor::randn(0f32, 3.0, (7, 1000), &Device::Cpu).unwrap();
+        let ours = Activation::GeluErf.forward(&x).unwrap();
+        let diff = (ours - x.gelu_erf().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
     }
 
     /// f32 (torch's precision) and f64 agree on every bucket up to 20k tokens, so the choice
