@@ -147,14 +147,25 @@ fn main() {
     );
     // Warm-up: first-touch allocations and thread pools.
     model.logits(&inputs[..2]).expect("warm-up");
+    let mut batch_1: Vec<f32> = Vec::new();
     for batch_size in [1, 4, 8] {
         model.set_batch_size(batch_size);
         let (start, cpu) = (Instant::now(), cpu_seconds());
         let logits = model.logits(&inputs).expect("logits");
         let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu);
         assert!(logits.iter().all(|l| l.is_finite()));
+        if batch_1.is_empty() {
+            batch_1 = logits.clone();
+        }
+        // Padding and batch shape change gemm blockings, hence the last bits of a logit.
+        let drift = logits
+            .iter()
+            .zip(&batch_1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         println!(
-            "batch {batch_size}: {:.2} pairs/s ({:.0} ms per pair, {:.0} tokens/s; {:.2} CPU-s per pair)",
+            "batch {batch_size}: {:.2} pairs/s ({:.0} ms per pair, {:.0} tokens/s; {:.2} CPU-s per pair; \
+             max |logit - batch-1 logit| {drift:.1e})",
             inputs.len() as f64 / secs,
             1000.0 * secs / inputs.len() as f64,
             tokens as f64 / secs,
