@@ -165,9 +165,9 @@ impl PairRmConfig {
 pub struct PairRmOptions {
     pub lengths: PairRmLengths,
     pub dtype: DType,
-    /// Pairs per forward pass. A batch of full-length PairRM inputs (2048 tokens, 16 heads)
-    /// holds about 0.5 GiB of f32 attention scores and probabilities per pair; on 2 cores batches above
-    /// 4 were no faster (`cargo bench --bench pairrm`).
+    /// Pairs per forward pass. A full-length PairRM input (2048 tokens, 16 heads) holds about
+    /// 0.5 GiB of f32 attention scores and probabilities; on 2 cores batches above 4 were no
+    /// faster (`cargo bench --bench pairrm`).
     pub batch_size: usize,
 }
 
