@@ -19,8 +19,10 @@
 //! or by their own `pos_key_proj` / `pos_query_proj`.
 //!
 //! Layout here: heads come first, `(heads, batch, seq, head_dim)`, so the relative terms are
-//! plain batched matmuls against a `(heads, head_dim, 2 * span)` table, and picking each (i, j)'s
-//! bucket is one `index_select` over a flat index computed once per sequence length.
+//! plain batched matmuls against a `(heads, head_dim, 2 * span)` table: every token's score
+//! against every relative embedding. Each (i, j) then reads its bucket's column; on the CPU one
+//! fused pass per query row does that, the scaling, the padding mask and the softmax
+//! ([`DisentangledSoftmax`]); elsewhere `index_select` and tensor ops do the same.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::LayerNorm;
@@ -278,7 +280,22 @@ impl candle_core::CustomOp3 for DisentangledSoftmax<'_> {
         let (content, c2p, p2c) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
         let (l, w) = (self.columns.len, self.columns.width);
         let batch = self.lens.len();
-        let rows = content.len() / l;
+        let rows = content.len() / l.max(1);
+        let table_ok = |t: &[f32], used: bool| !used || t.len() == rows * w;
+        if batch == 0
+            || content.len() != rows * l
+            || rows % (l * batch) != 0
+            || !table_ok(c2p, self.use_c2p)
+            || !table_ok(p2c, self.use_p2c)
+        {
+            candle_core::bail!(
+                "disentangled softmax: inputs of {}, {} and {} values do not fit len {l}, \
+                 batch {batch}, width {w}",
+                content.len(),
+                c2p.len(),
+                p2c.len()
+            );
+        }
         let mut out = vec![0f32; rows * l];
         out.par_chunks_mut(l).enumerate().for_each(|(r, probs)| {
             // Row r is (head, batch row b, query i) of the (heads, batch, len) layout.
