@@ -13,6 +13,9 @@
 
 pub mod cache;
 mod intransitivity;
+mod pairrm;
+mod pairrm_deberta;
+mod pairrm_inputs;
 mod position_disagreement;
 mod preference_matrix;
 mod reward_model;
@@ -23,6 +26,12 @@ mod winrate;
 
 pub use cache::JudgmentCache;
 pub use intransitivity::{find_three_cycle, has_three_cycle, intransitive_share};
+pub use pairrm::{
+    random_pairrm_weights, LogitMatrix, PairRm, PairRmConfig, PairRmError, PairRmMode,
+    PairRmOptions, PairRmVerdict,
+};
+pub use pairrm_deberta::{log_bucket_position, DebertaV2Config, DebertaV2Encoder};
+pub use pairrm_inputs::{PairInput, PairRmLengths, PairTokenizer, PrefixIds};
 pub use position_disagreement::{
     position_disagreement, PositionDisagreement, PositionDisagreementError, TwoOrderVerdict,
 };
