@@ -475,3 +475,92 @@ fn help_explains_every_flag() {
         );
     }
 }
+
+/// `score --judge pairrm` on the tiny-pairrm fixture's K = 3 group: both modes' preference
+/// matrices as llm-blender computed them, and `estimate-winrate` reporting the position
+/// disagreement of the two orders.
+#[test]
+fn pairrm_matches_llm_blender_in_both_modes() {
+    let sc = Scratch::new("score-pairrm");
+    let exp: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-pairrm/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let g = &exp["group"];
+    let rows: Vec<SampleRow> = g["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| SampleRow {
+            prompt_id: "turtle".into(),
+            sample_idx: i as u32,
+            messages: vec![Message::user(g["source"].as_str().unwrap())],
+            prompt_text: String::new(),
+            response: c.as_str().unwrap().into(),
+            prompt_token_ids: vec![1],
+            response_token_ids: vec![2],
+            finish_reason: FinishReason::Eos,
+            sample_logprob: 0.0,
+            seed: 0,
+        })
+        .collect();
+    let samples = sc.path("samples.parquet");
+    write_rows(
+        &samples,
+        &FileMeta::new(FileKind::Samples, "test", "pairrm-samples"),
+        &rows,
+    )
+    .unwrap();
+    let judge = fixture("tiny-pairrm");
+    let lengths = [
+        "--source-max-length",
+        &exp["source_max_length"].to_string(),
+        "--candidate-max-length",
+        &exp["candidate_max_length"].to_string(),
+    ]
+    .map(String::from);
+    for (mode, key) in [("pairwise", "p_pairwise"), ("sppo", "p_sppo")] {
+        let out = sc.path(&format!("{mode}/preferences.parquet"));
+        let mut args = vec![
+            "--samples",
+            s(&samples),
+            "--out",
+            s(&out),
+            "--judge",
+            "pairrm",
+            "--judge-model",
+            s(&judge),
+            "--pairrm-mode",
+            mode,
+        ];
+        args.extend(lengths.iter().map(String::as_str));
+        ok(&sc, "score", &args);
+        let (_, prefs) = read_rows::<PreferenceRow>(&out).unwrap();
+        assert_eq!(prefs.len(), 3);
+        for r in &prefs {
+            let want = g[key][r.i as usize][r.j as usize].as_f64().unwrap();
+            assert!(
+                (r.p - want).abs() < 1e-5,
+                "{mode} p[{}][{}] {} vs {want}",
+                r.i,
+                r.j,
+                r.p
+            );
+            let l = |a: u32, b: u32| g["logits"][a as usize][b as usize].as_f64().unwrap();
+            assert!((r.p_forward.unwrap() - sigmoid(l(r.i, r.j))).abs() < 1e-5);
+            assert!((r.p_swapped.unwrap() - (1.0 - sigmoid(l(r.j, r.i)))).abs() < 1e-5);
+        }
+        assert!(
+            !sc.path(&format!("{mode}/scores.parquet")).exists(),
+            "a pairwise judge writes no scores"
+        );
+        let winrates = sc.path(&format!("{mode}/winrates.parquet"));
+        let report = ok(
+            &sc,
+            "estimate-winrate",
+            &["--preferences", s(&out), "--out", s(&winrates)],
+        );
+        assert!(report.contains("position disagreement"), "{report}");
+    }
+}

@@ -17,6 +17,12 @@ use std::path::PathBuf;
 ///   reward-model      a *ForSequenceClassification checkpoint (--judge-model) scores the
 ///                     conversation (prompt messages + the response as the assistant turn)
 ///                     rendered with the judge's own chat template
+///   pairrm            llm-blender's PairRM (PairRM-hf layout, --judge-model, e.g.
+///                     llm-blender/PairRM-hf), the paper's judge: compares the two responses
+///                     of a pair directly, in both orders; --pairrm-mode pairwise (default)
+///                     takes p = mean of the two orders, sppo Bradley-Terry on the group's
+///                     mean logit differences as SPPO's pipeline did; p_forward/p_swapped
+///                     keep each order's verdict
 ///   rule:length       score = -|characters - N| (--target N): closest to N is best
 ///   rule:contains     score = 1 if the response matches --pattern REGEX, else 0
 ///   rule:exact-match  score = 1 if the response equals the prompt's reference answer
@@ -36,12 +42,22 @@ struct Cli {
     /// Output preferences.parquet.
     #[arg(long)]
     out: PathBuf,
-    /// reward-model, rule:length, rule:contains or rule:exact-match [default: reward-model].
+    /// reward-model, pairrm, rule:length, rule:contains or rule:exact-match
+    /// [default: reward-model].
     #[arg(long)]
     judge: Option<String>,
-    /// reward-model: the judge, a Hugging Face model directory or Hub id.
+    /// reward-model, pairrm: the judge, a Hugging Face model directory or Hub id.
     #[arg(long, value_name = "DIR_OR_HUB_ID")]
     judge_model: Option<String>,
+    /// pairrm: pairwise (mean of both orders) or sppo (group-aggregated) [default: pairwise].
+    #[arg(long)]
+    pairrm_mode: Option<String>,
+    /// pairrm: token limit of the source (the prompt) [default: 1224].
+    #[arg(long)]
+    source_max_length: Option<usize>,
+    /// pairrm: token limit of each candidate [default: 412].
+    #[arg(long)]
+    candidate_max_length: Option<usize>,
     /// Scalar judges: p_ij = sigmoid((r_i - r_j) / temperature) [default: 1].
     #[arg(long)]
     temperature: Option<f64>,
@@ -93,6 +109,9 @@ fn main() -> Result<()> {
         s.judge_model = a.judge_model;
     }
     set(&mut s.temperature, a.temperature);
+    set(&mut s.pairrm_mode, a.pairrm_mode);
+    set(&mut s.source_max_length, a.source_max_length);
+    set(&mut s.candidate_max_length, a.candidate_max_length);
     if a.target.is_some() {
         s.target = a.target;
     }

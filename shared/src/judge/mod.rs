@@ -16,6 +16,7 @@ mod intransitivity;
 mod pairrm;
 mod pairrm_deberta;
 mod pairrm_inputs;
+mod pairrm_judge;
 mod position_disagreement;
 mod preference_matrix;
 mod reward_model;
@@ -32,6 +33,7 @@ pub use pairrm::{
 };
 pub use pairrm_deberta::{log_bucket_position, DebertaV2Config, DebertaV2Encoder};
 pub use pairrm_inputs::{PairInput, PairRmLengths, PairTokenizer, PrefixIds};
+pub use pairrm_judge::PairRmJudge;
 pub use position_disagreement::{
     position_disagreement, PositionDisagreement, PositionDisagreementError, TwoOrderVerdict,
 };

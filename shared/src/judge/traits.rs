@@ -116,6 +116,11 @@ pub trait PairwiseJudge: Send + Sync {
     }
     /// P(a beats b), in both orders where the judge has an order.
     fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError>;
+    /// Whether a pair's verdict depends only on the pair, so it can be cached per pair. A
+    /// judge whose verdicts depend on the whole group (PairRM's `sppo` mode) says no.
+    fn per_pair(&self) -> bool {
+        true
+    }
     /// Every pair i < j of one prompt's responses, in the order (0,1), (0,2), .., (1,2), ..
     /// Judges that see the whole group at once (PairRM's aggregated mode) override this.
     fn compare_group(&self, items: &[JudgeItem<'_>]) -> Result<Vec<PairVerdict>, JudgeError> {
@@ -151,6 +156,14 @@ impl Judge {
         match self {
             Judge::Scalar { judge, .. } => judge.digest(),
             Judge::Pairwise(judge) => judge.digest(),
+        }
+    }
+
+    /// Whether judgments can be cached one by one (see [`PairwiseJudge::per_pair`]).
+    pub fn cacheable(&self) -> bool {
+        match self {
+            Judge::Scalar { .. } => true,
+            Judge::Pairwise(judge) => judge.per_pair(),
         }
     }
 

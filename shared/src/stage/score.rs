@@ -23,6 +23,7 @@ use crate::judge::{
     preference_from_scores, Judge, JudgeItem, JudgmentCache, PairVerdict, PairwiseJudge,
     RewardModelJudge, ScalarJudge,
 };
+use crate::judge::{PairRm, PairRmJudge, PairRmLengths, PairRmMode, PairRmOptions};
 
 /// The `[score]` section of a pipeline config; flags override it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +49,11 @@ pub struct ScoreSettings {
     pub cache_dir: Option<PathBuf>,
     /// Use the judgment cache (read and write).
     pub cache: bool,
+    /// pairrm: `pairwise` (mean of both orders) or `sppo` (the group's aggregated scores).
+    pub pairrm_mode: String,
+    /// pairrm: token limits of the source and of each candidate (PairRM-hf's defaults).
+    pub source_max_length: usize,
+    pub candidate_max_length: usize,
 }
 
 impl Default for ScoreSettings {
@@ -63,6 +69,9 @@ impl Default for ScoreSettings {
             dtype: None,
             cache_dir: None,
             cache: true,
+            pairrm_mode: "pairwise".into(),
+            source_max_length: 1224,
+            candidate_max_length: 412,
         }
     }
 }
@@ -75,14 +84,16 @@ impl Settings for ScoreSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JudgeKind {
     RewardModel,
+    PairRm,
     RuleLength,
     RuleContains,
     RuleExactMatch,
 }
 
 impl JudgeKind {
-    pub const ALL: [&'static str; 4] = [
+    pub const ALL: [&'static str; 5] = [
         "reward-model",
+        "pairrm",
         "rule:length",
         "rule:contains",
         "rule:exact-match",
@@ -94,10 +105,7 @@ impl JudgeKind {
             "rule:length" => JudgeKind::RuleLength,
             "rule:contains" => JudgeKind::RuleContains,
             "rule:exact-match" => JudgeKind::RuleExactMatch,
-            "pairrm" => bail!(
-                "--judge pairrm: not available in this build yet; expected one of {}",
-                Self::ALL.join(", ")
-            ),
+            "pairrm" => JudgeKind::PairRm,
             other => bail!("--judge {other}: expected one of {}", Self::ALL.join(", ")),
         })
     }
@@ -105,6 +113,7 @@ impl JudgeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JudgeKind::RewardModel => "reward-model",
+            JudgeKind::PairRm => "pairrm",
             JudgeKind::RuleLength => "rule:length",
             JudgeKind::RuleContains => "rule:contains",
             JudgeKind::RuleExactMatch => "rule:exact-match",
@@ -234,9 +243,10 @@ fn check_settings(s: &ScoreSettings, kind: JudgeKind) -> Result<()> {
         s.temperature
     );
     match kind {
-        JudgeKind::RewardModel => ensure!(
+        JudgeKind::RewardModel | JudgeKind::PairRm => ensure!(
             s.judge_model.is_some(),
-            "--judge reward-model needs --judge-model DIR_OR_HUB_ID"
+            "--judge {} needs --judge-model DIR_OR_HUB_ID",
+            kind.as_str()
         ),
         JudgeKind::RuleLength => ensure!(
             s.target.is_some(),
@@ -260,7 +270,7 @@ pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
         "--judge rule:exact-match needs --prompts FILE (the samples file has no reference answers)"
     );
     let spec = judge_spec(job.settings)?;
-    score_with_judge(job, spec.content, spec.models, true, spec.load)
+    score_with_judge(job, spec.content, spec.models, spec.scalar, spec.load)
 }
 
 /// A judge as the settings describe it: what goes into fingerprints now, the (possibly
@@ -270,6 +280,8 @@ pub struct JudgeSpec {
     pub content: Value,
     /// The judge's model by role (`judge`), for fingerprints.
     pub models: Vec<(&'static str, ModelRef)>,
+    /// A scalar judge (scores lifted to pairs) rather than a pairwise one.
+    pub scalar: bool,
     pub load: Box<dyn FnOnce() -> Result<Judge>>,
 }
 
@@ -300,6 +312,7 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
                     "temperature": t,
                 }),
                 models: vec![("judge", reference)],
+                scalar: true,
                 load: Box::new(move || {
                     let judge = RewardModelJudge::load(&dir, name, digest, dtype, &device)
                         .with_context(|| format!("--judge-model {spec}"))?;
@@ -312,6 +325,7 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
             JudgeSpec {
                 content: json!({"judge": kind.as_str(), "target": target, "temperature": t}),
                 models: vec![],
+                scalar: true,
                 load: Box::new(move || Ok(scalar(Box::new(LengthRule { target })))),
             }
         }
@@ -322,14 +336,57 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
             JudgeSpec {
                 content: json!({"judge": kind.as_str(), "pattern": pattern, "temperature": t}),
                 models: vec![],
+                scalar: true,
                 load: Box::new(move || Ok(scalar(Box::new(rule)))),
             }
         }
         JudgeKind::RuleExactMatch => JudgeSpec {
             content: json!({"judge": kind.as_str(), "trim": true, "temperature": t}),
             models: vec![],
+            scalar: true,
             load: Box::new(move || Ok(scalar(Box::new(ExactMatchRule)))),
         },
+        JudgeKind::PairRm => {
+            let spec = s.judge_model.clone().unwrap_or_default();
+            let mode: PairRmMode = s
+                .pairrm_mode
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--pairrm-mode {e}"))?;
+            let device = parse_device(&s.device)?;
+            let dtype = dtype_for(s.dtype.as_deref(), &device)?;
+            let dir = resolve_model(&spec)?;
+            let reference = model_ref(&dir)?;
+            let lengths = PairRmLengths {
+                source_max_length: s.source_max_length,
+                candidate_max_length: s.candidate_max_length,
+            };
+            let name = format!("pairrm:{}", model_name(&spec));
+            let digest = reference.digest.clone();
+            let batch_size = s.batch_size;
+            JudgeSpec {
+                content: json!({
+                    "judge": kind.as_str(),
+                    "mode": mode.to_string(),
+                    "source_max_length": s.source_max_length,
+                    "candidate_max_length": s.candidate_max_length,
+                    "dtype": format!("{dtype:?}").to_lowercase(),
+                }),
+                models: vec![("judge", reference)],
+                scalar: false,
+                load: Box::new(move || {
+                    let options = PairRmOptions {
+                        lengths,
+                        dtype,
+                        batch_size: batch_size.max(1),
+                    };
+                    let model = PairRm::load_with(&dir, &device, &options)
+                        .with_context(|| format!("--judge-model {spec}"))?;
+                    Ok(Judge::Pairwise(Box::new(PairRmJudge::new(
+                        model, mode, name, digest,
+                    ))))
+                }),
+            }
+        }
     })
 }
 
@@ -512,7 +569,7 @@ pub fn score_with_judge(
             judge.name()
         );
     }
-    let mut cache = if s.cache {
+    let mut cache = if s.cache && judge.cacheable() {
         let dir = s.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let c = JudgmentCache::open(&dir, &judge.digest())?;
         report.cache = Some(c.path().to_path_buf());

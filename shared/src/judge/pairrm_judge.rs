@@ -1,0 +1,103 @@
+//! PairRM as a pairwise judge for `score` and `evaluate`: the source is the prompt's last user
+//! turn, the candidates are the responses.
+
+use serde_json::{json, Value};
+
+use super::pairrm::{LogitMatrix, PairRm, PairRmMode};
+use super::traits::{JudgeError, JudgeItem, PairVerdict, PairwiseJudge};
+
+pub struct PairRmJudge {
+    model: PairRm,
+    mode: PairRmMode,
+    name: String,
+    digest: String,
+}
+
+impl PairRmJudge {
+    /// `digest` is the model's; the mode and lengths are folded in here.
+    pub fn new(model: PairRm, mode: PairRmMode, name: String, model_digest: String) -> Self {
+        let lengths = model.lengths();
+        let settings = json!({
+            "mode": mode.to_string(),
+            "source_max_length": lengths.source_max_length,
+            "candidate_max_length": lengths.candidate_max_length,
+        });
+        let digest = super::judge_digest("pairrm", Some(&model_digest), &settings);
+        PairRmJudge {
+            model,
+            mode,
+            name,
+            digest,
+        }
+    }
+
+    fn error(&self, item: &JudgeItem<'_>, e: impl std::fmt::Display) -> JudgeError {
+        JudgeError::Item {
+            judge: self.name.clone(),
+            prompt_id: item.prompt_id.to_string(),
+            sample_idx: item.sample_idx,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// PairRM's source: the conversation's last user turn.
+fn source<'a>(item: &JudgeItem<'a>) -> &'a str {
+    item.messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map_or("", |m| m.content.as_str())
+}
+
+fn verdicts(m: &LogitMatrix, mode: PairRmMode) -> Vec<PairVerdict> {
+    m.verdicts(mode)
+        .into_iter()
+        .map(|v| PairVerdict {
+            p: v.p,
+            p_forward: Some(v.p_forward),
+            p_swapped: Some(v.p_swapped),
+        })
+        .collect()
+}
+
+impl PairwiseJudge for PairRmJudge {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn settings(&self) -> Value {
+        json!({"mode": self.mode.to_string()})
+    }
+
+    fn digest(&self) -> String {
+        self.digest.clone()
+    }
+
+    /// In `sppo` mode a pair's p depends on the whole group.
+    fn per_pair(&self) -> bool {
+        self.mode == PairRmMode::Pairwise
+    }
+
+    /// Both orders of one pair, combined as `pairwise` mode does (evaluation against a
+    /// baseline has no group).
+    fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError> {
+        let m = self
+            .model
+            .logit_matrix(source(a), &[a.response, b.response])
+            .map_err(|e| self.error(a, e))?;
+        Ok(verdicts(&m, PairRmMode::Pairwise)[0])
+    }
+
+    fn compare_group(&self, items: &[JudgeItem<'_>]) -> Result<Vec<PairVerdict>, JudgeError> {
+        let Some(first) = items.first() else {
+            return Ok(vec![]);
+        };
+        let responses: Vec<&str> = items.iter().map(|it| it.response).collect();
+        let m = self
+            .model
+            .logit_matrix(source(first), &responses)
+            .map_err(|e| self.error(first, e))?;
+        Ok(verdicts(&m, self.mode))
+    }
+}
