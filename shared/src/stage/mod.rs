@@ -6,6 +6,7 @@ mod context;
 pub mod generate;
 mod progress;
 mod settings;
+pub mod train_step;
 
 pub use context::{content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput};
 pub use progress::Progress;
