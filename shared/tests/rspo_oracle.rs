@@ -237,7 +237,8 @@ fn loss_terms_and_gradients_match_pytorch() {
 }
 
 /// Micro-batches of one sequence give the gradient of the whole batch (forward_kl included,
-/// so reference samples are split from the samples too).
+/// so reference samples are split from the samples too), up to f32 rounding: padding and row
+/// counts change how gemm blocks its sums.
 #[test]
 fn micro_batches_give_the_whole_batch_gradient() {
     let o = oracle();
@@ -270,9 +271,15 @@ fn micro_batches_give_the_whole_batch_gradient() {
             let split =
                 step_gradients(&trainable.model, &trainable.params, &refs, &spec, micro).unwrap();
             assert!(split.micro_batches > 1);
-            assert!(rel(split.loss, whole.loss) < 1e-9, "{}", c.name);
+            assert!(
+                rel(split.loss, whole.loss) < 1e-6,
+                "{} micro {micro}: {} vs {}",
+                c.name,
+                split.loss,
+                whole.loss
+            );
             for ((n, a), (_, b)) in split.terms.iter().zip(&whole.terms) {
-                assert!(rel(*a, *b) < 1e-9, "{} {n}", c.name);
+                assert!(rel(*a, *b) < 1e-6, "{} {n}", c.name);
             }
             let mut worst = 0f64;
             let mut scale = 0f64;
