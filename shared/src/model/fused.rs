@@ -591,6 +591,58 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
     )?))
 }
 
+// ---------------------------------------------------------------------------------------------
+// linear layers with a frozen weight
+
+/// `x W^T` whose backward computes only dx: candle's matmul backward also computes the
+/// gradient of a frozen operand (a (out, in) gemm and buffer per layer, thrown away), which
+/// for LoRA is a third of the backward. The product is computed outside the graph and handed
+/// to the op, which passes it through once.
+struct FrozenLinear {
+    weight: Tensor,
+    product: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = self
+            .product
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("frozen-linear: poisoned".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-linear: run twice".into()))?;
+        let shape = y.shape().clone();
+        let (storage, layout) = y.storage_and_layout();
+        let out = match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => CpuStorage::F32(v[a..b].to_vec()),
+            (Storage::Cpu(CpuStorage::F64(v)), Some((a, b))) => CpuStorage::F64(v[a..b].to_vec()),
+            _ => candle_core::bail!("frozen-linear: expected a contiguous f32/f64 CPU product"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.weight)?))
+    }
+}
+
+/// `x W^T` for a weight that takes no gradient while `x` does, or None otherwise.
+pub fn frozen_linear_t(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    if !(x.track_op() && !weight.track_op() && supported(x) && x.dtype() == weight.dtype()) {
+        return Ok(None);
+    }
+    let product = x.detach().broadcast_matmul(&weight.t()?)?.contiguous()?;
+    let op = FrozenLinear {
+        weight: weight.clone(),
+        product: std::sync::Mutex::new(Some(product)),
+    };
+    Ok(Some(x.apply_op1(op)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,6 +661,37 @@ mod tests {
             .unwrap()
             .to_scalar::<f64>()
             .unwrap()
+    }
+
+    #[test]
+    fn frozen_linear_passes_the_input_gradient_only() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
+        let y = frozen_linear_t(x.as_tensor(), &w).unwrap().unwrap();
+        let plain = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
+        assert!(max_diff(&y, &plain) < 1e-6);
+        let wt = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
+        let ga = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (&plain * &wt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = max_diff(
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-5, "{d}");
+        // Nothing else in the store: no gradient was made for the frozen weight.
+        assert!(ga.get(&w).is_none());
+        // A trainable weight or an input without gradient: not this op's case.
+        let wv = Var::from_tensor(&w).unwrap();
+        assert!(frozen_linear_t(x.as_tensor(), wv.as_tensor())
+            .unwrap()
+            .is_none());
+        assert!(frozen_linear_t(&wt, &w).unwrap().is_none());
     }
 
     /// Forward values and gradients of every kernel equal the composed candle ops'.
