@@ -2,7 +2,8 @@
 //! random weights, one optimizer step over 8 sequences x 128 tokens (4 prompts x chosen and
 //! rejected, each a 32-token prompt and a 96-token response), forward + backward + clip + AdamW,
 //! through `step_gradients` as train-step runs it, with the rspo-paper regularizers.
-//! Tokens/s counts all 1024 tokens of the step; peak RSS is VmHWM.
+//! Tokens/s counts all 1024 tokens of the step; peak RSS is VmHWM. Elementwise ops run serially
+//! as in train-step unless CANDLE_NUM_THREADS is set; gemm uses RAYON_NUM_THREADS threads.
 
 use std::time::Instant;
 
@@ -25,6 +26,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
+    // As the train-step binary does (CANDLE_NUM_THREADS, if set, wins).
+    rspo::stage::train_step::prefer_serial_elementwise_ops();
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../bench/bench-40m.config.json"

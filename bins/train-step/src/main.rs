@@ -112,6 +112,7 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    train_step::prefer_serial_elementwise_ops();
     let a = Cli::parse();
     let mut s = TrainStepSettings::from_config(a.config.as_deref())?;
     if a.preset.is_some() {

@@ -37,6 +37,18 @@ pub const STAGE: &str = "train-step";
 /// interruption would; the next run resumes. For tests of resumption.
 pub const STOP_AFTER_ENV: &str = "RSPO_TRAIN_STEP_STOP_AFTER";
 
+/// Runs candle's elementwise CPU ops on the calling thread unless `CANDLE_NUM_THREADS` says
+/// otherwise. Call first thing, before any tensor op. candle 0.11 runs them on a spin-waiting
+/// thread pool of its own beside gemm's rayon pool; a backward pass is hundreds of small
+/// gradient additions, and on the 2-core benchmark machine the waits cost more than the
+/// parallelism gains (train-step bench: about 300 instead of about 230 tokens/s). gemm keeps
+/// its threads (`RAYON_NUM_THREADS`).
+pub fn prefer_serial_elementwise_ops() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// The `[train-step]` section of a pipeline config; flags override it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
