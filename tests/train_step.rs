@@ -607,3 +607,27 @@ fn a_non_finite_loss_stops_before_any_checkpoint() {
     assert!(!out.join("model").exists());
     assert!(!out.join("train_log.parquet").exists());
 }
+
+#[test]
+fn bf16_training_writes_a_bf16_checkpoint() {
+    let sc = Scratch::new("train-step-bf16");
+    let inputs = make_inputs(&sc);
+    let out = sc.path("bf16");
+    let args = with(
+        with(leak(&inputs, &out), TRAINING),
+        &["--lr", "1e-3", "--dtype", "bf16", "--preset", "rspo-paper"],
+    );
+    let log = ok(&sc, "train-step", &args);
+    assert!(log.contains("step 4/4"), "{log}");
+    let st = out.join("model/model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header["model.norm.weight"]["dtype"], "BF16");
+    let (_, rows) = read_rows::<TrainLogRow>(&out.join("train_log.parquet")).unwrap();
+    assert!(rows.iter().all(|r| r.loss.is_finite()));
+    // Loadable, and moved away from the base.
+    let after = sample_logprobs(&out.join("model"), &inputs.samples);
+    let before = sample_logprobs(&fixture("tiny-llama"), &inputs.samples);
+    assert!(after.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-3));
+}

@@ -24,6 +24,7 @@ trait Float:
     + std::ops::Div<Output = Self>
     + std::ops::Neg<Output = Self>
     + std::ops::AddAssign
+    + std::ops::MulAssign
     + PartialOrd
 {
     const ZERO: Self;
@@ -250,7 +251,7 @@ fn softmax_rows<T: Float>(x: &[T], width: usize) -> Vec<T> {
         }
         let inv = T::of(1.0 / sum);
         for y in y.iter_mut() {
-            *y = *y * inv;
+            *y *= inv;
         }
     });
     out

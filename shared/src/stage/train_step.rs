@@ -669,6 +669,7 @@ pub fn train_step(job: &TrainStepJob) -> Result<Outcome> {
         .ok()
         .and_then(|v| v.parse().ok());
     let micro = s.micro_batch_size.unwrap_or(usize::MAX);
+    let mut unsaved = 0usize;
     let mut progress = Progress::new(STAGE, total, "tokens");
     progress.advance(start);
     for (k, step) in plan.iter().enumerate().skip(start as usize) {
@@ -713,7 +714,9 @@ pub fn train_step(job: &TrainStepJob) -> Result<Outcome> {
         progress.advance(1);
         let done_here = k as u64 + 1 - start;
         let stop = stop_after.is_some_and(|n| done_here >= n) && (k as u64 + 1) < total;
-        if (k as u64 + 1) % s.state_every as u64 == 0 || stop {
+        unsaved += 1;
+        if unsaved == s.state_every || stop {
+            unsaved = 0;
             save_state(
                 &state,
                 output.fingerprint(),
