@@ -1,7 +1,7 @@
 //! The three ops where candle's fused kernels record no backward (rms_norm, softmax_last_dim,
 //! rope; upstream candle issues 2168, 3568, 3569). Each runs the fused kernel when nothing
 //! needs a gradient, and when something does our single-pass kernel with a hand-written
-//! backward ([`super::fused`], CPU f32/f64) or else the composed, differentiable form: the same
+//! backward (`model/fused.rs`, CPU f32/f64) or else the composed, differentiable form: the same
 //! math, so sampling, scoring and training see the same numbers.
 
 use candle_core::{DType, Result, Tensor, D};
