@@ -3,7 +3,8 @@
 //! rejected, each a 32-token prompt and a 96-token response), forward + backward + clip + AdamW,
 //! through `step_gradients` as train-step runs it, with the rspo-paper regularizers.
 //! Tokens/s counts all 1024 tokens of the step; peak RSS is VmHWM. Elementwise ops run serially
-//! as in train-step unless CANDLE_NUM_THREADS is set; gemm uses RAYON_NUM_THREADS threads.
+//! as in train-step unless CANDLE_NUM_THREADS is set, and large buffers are reused from the heap
+//! as in train-step; gemm uses RAYON_NUM_THREADS threads.
 
 use std::time::Instant;
 
@@ -26,8 +27,11 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
-    // As the train-step binary does (CANDLE_NUM_THREADS, if set, wins).
+    // As the train-step binary does (CANDLE_NUM_THREADS, if set, wins; large buffers stay on
+    // the heap).
     rspo::stage::train_step::prefer_serial_elementwise_ops();
+    let kept = rspo::stage::train_step::keep_large_allocations();
+    println!("large allocations kept on the heap: {kept}");
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../bench/bench-40m.config.json"

@@ -112,7 +112,9 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // Process-wide CPU tuning for training, before any tensor exists (see their docs).
     train_step::prefer_serial_elementwise_ops();
+    train_step::keep_large_allocations();
     let a = Cli::parse();
     let mut s = TrainStepSettings::from_config(a.config.as_deref())?;
     if a.preset.is_some() {

@@ -49,6 +49,28 @@ pub fn prefer_serial_elementwise_ops() {
     }
 }
 
+/// Serves large tensor buffers from the heap instead of fresh `mmap`s (glibc): a training step
+/// frees and re-allocates the same large gradient and logit buffers many times, and each fresh
+/// mapping is page-faulted and zeroed by the kernel again (about 10% of a step in perf). Costs
+/// about 100 MiB of peak RSS on the benchmark shape for about 15% more tokens/s. Returns
+/// whether the allocator took the setting; a no-op elsewhere.
+pub fn keep_large_allocations() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::raw::c_int;
+        extern "C" {
+            fn mallopt(param: c_int, value: c_int) -> c_int;
+        }
+        const M_MMAP_THRESHOLD: c_int = -3;
+        // Safety: mallopt only changes allocator parameters; called before threads start.
+        unsafe { mallopt(M_MMAP_THRESHOLD, c_int::MAX) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// The `[train-step]` section of a pipeline config; flags override it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
