@@ -11,8 +11,8 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use rspo::model::{random_weights, ModelConfig};
 use rspo::train::{
-    clip_grad_norm, step_gradients, AdamWConfig, Example, LossSpec, Optimizer, OptimizerKind,
-    Preset, TrainSample, TrainableModel,
+    clip_grad_norm, step_gradients, AdamWConfig, Example, LoraSpec, LossSpec, Optimizer,
+    OptimizerKind, Preset, TrainSample, TrainableModel,
 };
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
@@ -39,8 +39,26 @@ fn main() {
     let cfg = ModelConfig::from_json(&std::fs::read_to_string(path).expect("bench config"))
         .expect("config");
     let weights = random_weights(&cfg, 0.02, DType::F32, &Device::Cpu).expect("weights");
-    let trainable = TrainableModel::full(cfg, &weights).expect("model");
+    let full = TrainableModel::full(cfg.clone(), &weights).expect("model");
     drop(weights);
+    measure(&full, "full");
+    drop(full);
+    let weights = random_weights(&cfg, 0.02, DType::F32, &Device::Cpu).expect("weights");
+    // LoRA r 16 on every linear layer: the base is frozen and gets no gradient computed.
+    let spec = LoraSpec {
+        rank: 16,
+        alpha: 32.0,
+        targets: rspo::train::lora::LORA_TARGETS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let lora = TrainableModel::lora(cfg, &weights, &spec, 0).expect("lora model");
+    measure(&lora, "LoRA r16 all linears");
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+}
+
+fn measure(trainable: &TrainableModel, label: &str) {
     let n_params: usize = trainable.params.iter().map(|(_, v)| v.elem_count()).sum();
 
     let (prompt_len, response_len) = (32u32, 96u32);
@@ -108,9 +126,9 @@ fn main() {
     }
     let per_step: f64 = total.iter().sum::<f64>() / steps as f64;
     println!(
-        "train-step 40M ({:.1}M params) batch 8 x 128 tokens (32 prompt + 96 response), \
-         forward+backward+clip+AdamW: {:8.1} tokens/s  ({:.2} s/step: fwd+bwd {:.2}, clip {:.3}, \
-         AdamW {:.3})",
+        "train-step 40M {label} ({:.1}M trainable) batch 8 x 128 tokens (32 prompt + 96 \
+         response), forward+backward+clip+AdamW: {:8.1} tokens/s  ({:.2} s/step: fwd+bwd {:.2}, \
+         clip {:.3}, AdamW {:.3})",
         n_params as f64 / 1e6,
         step_tokens as f64 / per_step,
         per_step,
@@ -118,5 +136,7 @@ fn main() {
         total[1] / steps as f64,
         total[2] / steps as f64,
     );
-    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    if label == "full" {
+        println!("peak RSS after full fine-tuning: {:.0} MiB", peak_rss_mib());
+    }
 }
