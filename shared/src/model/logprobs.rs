@@ -119,6 +119,7 @@ pub fn teacher_forced_logprobs(
         });
     }
     let positions = Tensor::from_vec(positions, n, dev)?;
+    let target_ids = targets.clone();
     let targets = Tensor::from_vec(targets, (n, 1), dev)?;
     let selected = hidden
         .reshape((rows * width, h))?
@@ -130,11 +131,17 @@ pub fn teacher_forced_logprobs(
         let len = chunk.min(n - start);
         let logits = model.logits(&selected.narrow(0, start, len)?)?;
         let logits = logits.to_dtype(super::ops::at_least_f32(logits.dtype()))?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        parts.push(
-            logp.gather(&targets.narrow(0, start, len)?, 1)?
-                .squeeze(1)?,
-        );
+        // One pass forward and one backward on the CPU; composed ops elsewhere.
+        match super::fused::target_logprobs(&logits, &target_ids[start..start + len])? {
+            Some(logp) => parts.push(logp),
+            None => {
+                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+                parts.push(
+                    logp.gather(&targets.narrow(0, start, len)?, 1)?
+                        .squeeze(1)?,
+                );
+            }
+        }
     }
     let tokens = Tensor::cat(&parts, 0)?;
     Ok(ResponseLogprobs { tokens, lens })

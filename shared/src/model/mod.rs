@@ -8,6 +8,7 @@ mod chat_template;
 mod checkpoint;
 mod config;
 mod error;
+mod fused;
 mod generation;
 mod kv_cache;
 mod logprobs;

@@ -1,7 +1,8 @@
 //! The three ops where candle's fused kernels record no backward (rms_norm, softmax_last_dim,
 //! rope; upstream candle issues 2168, 3568, 3569). Each runs the fused kernel when nothing
-//! needs a gradient and the composed, differentiable form when something does: the same math,
-//! so sampling, scoring and training see the same numbers.
+//! needs a gradient, and when something does our single-pass kernel with a hand-written
+//! backward (`model/fused.rs`, CPU f32/f64) or else the composed, differentiable form: the same
+//! math, so sampling, scoring and training see the same numbers.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -23,6 +24,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if !needs_grad(&[x, weight]) && dtype != DType::F64 {
         return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
     }
+    if let Some(y) = super::fused::rms_norm(x, weight, eps)? {
+        return Ok(y);
+    }
     let xf = x.to_dtype(at_least_f32(dtype))?;
     let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = xf.broadcast_div(&(mean_sq + eps)?.sqrt()?)?;
@@ -34,6 +38,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !needs_grad(&[x]) {
         return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
     }
+    if let Some(y) = super::fused::softmax_last_dim(x)? {
+        return Ok(y);
+    }
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
@@ -42,6 +49,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !needs_grad(&[x]) {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
+    }
+    if let Some(y) = super::fused::rope(x, cos, sin)? {
+        return Ok(y);
     }
     let half = x.dim(D::Minus1)? / 2;
     let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;

@@ -51,7 +51,11 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = ops::linear_t(x, &self.weight)?;
+        // A frozen weight (LoRA's base) gets no gradient computed.
+        let mut y = match super::fused::frozen_linear_t(x, &self.weight)? {
+            Some(y) => y,
+            None => ops::linear_t(x, &self.weight)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -451,6 +455,9 @@ impl Transformer {
 
     /// Vocabulary logits for hidden states (..., hidden) -> (..., vocab).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        if let Some(y) = super::fused::frozen_linear_t(hidden, self.lm_head_weight())? {
+            return Ok(y);
+        }
         Ok(ops::linear_t(hidden, self.lm_head_weight())?)
     }
 

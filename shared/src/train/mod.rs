@@ -9,23 +9,37 @@
 //!   f32 master weights for bf16 parameters, state save/resume.
 //! - [`clip`]: global gradient-norm clipping as `torch.nn.utils.clip_grad_norm_`.
 //! - [`schedule`]: linear warmup and decay as Hugging Face's `get_linear_schedule_with_warmup`.
+//! - [`batch`]: training examples (a prompt with its selected samples), the seeded step plan,
+//!   and [`step_gradients`], the loss and gradients of one optimizer step over micro-batches.
+//! - [`checkpoint`]: the trainable model (full or LoRA) and writing Hugging Face directories.
+//! - [`lora`]: LoRA adapters as PEFT initialises, saves and merges them.
 //!
-//! A train step: select samples, compute their sequence log-probs with the model, call
-//! [`rspo_loss`], `backward`, [`clip_grad_norm`], [`Optimizer::step`] with
+//! A train step: [`step_gradients`] (sequence log-probs of the step's selected samples, then
+//! [`rspo_loss`] and `backward` per micro-batch), [`clip_grad_norm`], [`Optimizer::step`] with
 //! [`LinearSchedule::lr`] of the step index.
 
 pub mod adamw;
+pub mod batch;
+pub mod checkpoint;
 pub mod clip;
 mod f32_slice;
+pub mod lora;
 pub mod loss;
 pub mod optim;
 pub mod regularizer;
 pub mod rmsprop;
+mod rng;
 pub mod schedule;
 pub mod selection;
 
 pub use adamw::AdamWConfig;
+pub use batch::{
+    build_examples, plan_steps, step_gradients, BatchError, Example, ExampleInputs, LossSpec,
+    RefSample, StepGradients, StepPlan, TrainSample,
+};
+pub use checkpoint::{write_adapter_dir, write_model_dir, CheckpointError, TrainableModel};
 pub use clip::{clip_grad_norm, grad_norm, ClipError};
+pub use lora::{LoraError, LoraSpec};
 pub use loss::{rspo_loss, LossError, LossParts};
 pub use optim::{OptimError, Optimizer, OptimizerKind};
 pub use regularizer::{
