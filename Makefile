@@ -2,7 +2,7 @@
 # the base model and every iterate. Each stage also checks its own fingerprint, so rerunning is
 # cheap and a changed setting reruns only what it affects.
 #
-#   make iter N=3 [PIPELINE=pipelines/tiny.toml] [RUN=name]
+#   make iter N=3 [PIPELINE=pipelines/tiny.toml] [RUN=name] [FEATURES=cuda]
 #   make test     the test suite (builds the binaries first: the end-to-end tests run them)
 #   make bench    throughput on the 40M benchmark shape
 
@@ -33,11 +33,17 @@ policy_dep    = $(if $(filter 1,$(1)),$(BASE_MODEL)/config.json,$(RUNDIR)/iter-$
 # Prompt part for iteration t: `{t}` in `prompts` cycles through 1..prompt_parts.
 prompts_for   = $(subst {t},$(shell expr \( $(1) - 1 \) % $(PROMPT_PARTS) + 1),$(PROMPTS))
 
-.PHONY: all build test bench iter eval clean-run
+.PHONY: all build build-cuda test bench iter eval clean-run
 all: build
 
+# FEATURES=cuda builds every stage with CUDA (needs the CUDA toolkit; see README).
+FEATURES ?=
+STAGES   := generate score estimate-winrate train-step evaluate
 build:
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --workspace --bins $(if $(FEATURES),--features "$(foreach b,$(STAGES),$(b)/$(FEATURES))")
+
+build-cuda:
+	$(MAKE) build FEATURES=cuda
 
 test:
 	$(CARGO) build --workspace --bins
