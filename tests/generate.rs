@@ -152,9 +152,9 @@ fn temperature_zero_reproduces_the_fixture_greedy_tokens() {
     };
     let prompt_ids = ids(&exp["greedy"]["prompt_ids"]);
     let want = ids(&exp["greedy"]["output_ids"]);
-    // The fixture prompt is raw text after BOS; a model without a chat template-free path
-    // renders `[INST] ... [/INST]`, so compare through the library on the same ids instead:
-    // the binary's greedy output for its own rendered prompt must match the library's.
+    // The fixture prompt is raw token ids (no chat template), so the library's decoder checks
+    // those; the binary, which renders prompts with the template, must decode its own prompt
+    // exactly as that same decoder does.
     let model = fixture("tiny-llama");
     let prompts = t.path("prompts.parquet");
     write_prompts(&prompts, &TEXTS[..2]);
