@@ -18,7 +18,7 @@ use crate::data::{
 };
 use crate::model::{
     generate, teacher_forced_logprobs, Checkpoint, Finish, GenerationRequest, PromptResponse,
-    SamplingParams, Transformer,
+    SamplingParams,
 };
 
 /// The `[generate]` section of a pipeline config; flags override it.
@@ -114,20 +114,12 @@ pub fn dtype_for(setting: Option<&str>, device: &Device) -> Result<DType> {
     }
 }
 
-/// Loads a model directory or Hub id for inference.
-pub fn load_model(
-    spec: &str,
-    settings_device: &str,
-    dtype: Option<&str>,
-) -> Result<(Checkpoint, Transformer, DType)> {
+/// A model directory or Hub id (downloaded), opened: config, tokenizer and template checked;
+/// weights are read later, only if there is work to do.
+fn open_checkpoint(spec: &str) -> Result<(PathBuf, Checkpoint)> {
     let dir = resolve_model(spec)?;
     let ck = Checkpoint::open(&dir).with_context(|| format!("--model {spec}"))?;
-    let device = parse_device(settings_device)?;
-    let dtype = dtype_for(dtype, &device)?;
-    let model = ck
-        .load_model(dtype, &device)
-        .with_context(|| format!("--model {spec}: cannot load the weights"))?;
-    Ok((ck, model, dtype))
+    Ok((dir, ck))
 }
 
 pub struct SampleJob<'a> {
@@ -164,8 +156,7 @@ fn check_sampling(s: &GenerateSettings) -> Result<()> {
 pub fn sample(job: &SampleJob) -> Result<Outcome> {
     let s = job.settings;
     check_sampling(s)?;
-    let dir = resolve_model(job.model)?;
-    let ck = Checkpoint::open(&dir).with_context(|| format!("--model {}", job.model))?;
+    let (dir, ck) = open_checkpoint(job.model)?;
     let options = PromptOptions {
         prompt_column: s.prompt_column.clone(),
     };
@@ -393,8 +384,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
         job.role
     );
     ensure!(s.batch_size >= 1, "--batch-size must be at least 1");
-    let dir = resolve_model(job.model)?;
-    let ck = Checkpoint::open(&dir).with_context(|| format!("--model {}", job.model))?;
+    let (dir, ck) = open_checkpoint(job.model)?;
     let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
     ensure!(!samples.is_empty(), "{}: no samples", job.samples.display());
     let device = parse_device(&s.device)?;
