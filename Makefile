@@ -5,13 +5,16 @@
 #   make iter N=3 [PIPELINE=pipelines/tiny.toml] [RUN=name] [FEATURES=cuda]
 #   make test     the test suite (builds the binaries first: the end-to-end tests run them)
 #   make bench    throughput on the 40M benchmark shape
+#   make build-cuda  the CUDA build (toolchain from PyPI wheels into .cuda/, see README "GPU")
+#   make gpu-check   parity, stage and throughput checks on a GPU (CPU fallback without one)
 
 CARGO    ?= cargo
 N        ?= 1
 PIPELINE ?= pipelines/tiny.toml
 RUN      ?= $(basename $(notdir $(PIPELINE)))
 RUNDIR   := data/runs/$(RUN)
-BIN      := target/release
+# The CUDA build has its own target folder (scripts/cuda-build.sh).
+BIN      := $(if $(filter cuda,$(FEATURES)),target/cuda/release,target/release)
 
 # [pipeline] keys are one-line strings or numbers, read here without a TOML parser.
 pipeline_key = $(shell sed -n 's/^$(1) *= *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' $(PIPELINE) | head -n 1)
@@ -33,24 +36,34 @@ policy_dep    = $(if $(filter 1,$(1)),$(BASE_MODEL)/config.json,$(RUNDIR)/iter-$
 # Prompt part for iteration t: `{t}` in `prompts` cycles through 1..prompt_parts.
 prompts_for   = $(subst {t},$(shell expr \( $(1) - 1 \) % $(PROMPT_PARTS) + 1),$(PROMPTS))
 
-.PHONY: all build build-cuda test bench iter eval clean-run
+.PHONY: all build build-cuda gpu-check test bench iter eval clean-run
 all: build
 
-# FEATURES=cuda builds every stage with CUDA (needs the CUDA toolkit; see README).
+# FEATURES=cuda builds every stage with CUDA into target/cuda/release: scripts/cuda-build.sh
+# installs the toolchain from NVIDIA's PyPI wheels into .cuda/ first (see README, "GPU").
 FEATURES ?=
 STAGES   := generate score estimate-winrate train-step evaluate
 build:
+ifeq ($(FEATURES),cuda)
+	scripts/cuda-build.sh --bins-only
+else
 	$(CARGO) build --release --workspace --bins $(if $(FEATURES),--features "$(foreach b,$(STAGES),$(b)/$(FEATURES))")
+endif
 
+# The binaries, the parity tests and the throughput bench with CUDA, stripped and packed into
+# target/cuda/rspo-cuda.tar.gz for a GPU machine without Rust.
 build-cuda:
-	$(MAKE) build FEATURES=cuda
+	scripts/cuda-build.sh
+
+gpu-check:
+	scripts/gpu-check.sh
 
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 bench:
-	$(CARGO) bench -p rspo
+	$(CARGO) bench -p rspo --bench generate --bench score --bench pairrm --bench train_step
 
 define ITERATION
 $(RUNDIR)/iter-$(1)/samples.parquet: $(call policy_dep,$(1)) $(call prompts_for,$(1)) $(PIPELINE) | build
