@@ -1,5 +1,6 @@
 //! The transformer against values computed by Hugging Face transformers (float64) on the same
-//! checkpoints: tests/fixtures/<model>/expected.json.
+//! checkpoints: tests/fixtures/<model>/expected.json. The models run on `RSPO_TEST_DEVICE`
+//! (default cpu; see support/mod.rs), in f32; `device_parity.rs` adds bf16.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rspo::model::{
@@ -8,13 +9,9 @@ use rspo::model::{
 };
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
+mod support;
+use support::{fixture, test_device};
 
 fn expected(name: &str) -> Value {
     let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
@@ -39,7 +36,7 @@ fn floats(v: &Value) -> Vec<f64> {
 
 fn load(name: &str) -> (Checkpoint, Transformer) {
     let ck = Checkpoint::open(&fixture(name)).unwrap();
-    let model = ck.load_model(DType::F32, &Device::Cpu).unwrap();
+    let model = ck.load_model(DType::F32, &test_device()).unwrap();
     (ck, model)
 }
 
@@ -85,7 +82,7 @@ fn token_logprobs_match_transformers() {
 
             // The last position's logits: first 8, argmax, logsumexp.
             let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
-            let x = Tensor::new(input.as_slice(), &Device::Cpu)
+            let x = Tensor::new(input.as_slice(), model.device())
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap();
@@ -119,11 +116,102 @@ fn token_logprobs_match_transformers() {
     }
 }
 
+/// bf16 (the GPU default): token log-probs within `BF16_LOGPROB_TOL` of transformers' float64
+/// values, a sum of n token log-probs within `max(BF16_LOGPROB_TOL, BF16_SUM_TOL_PER_SQRT_TOKEN
+/// x sqrt(n))`, reward scores within `BF16_SCORE_TOL`.
+///
+/// Why these numbers: bf16 keeps 8 significant bits, so each rounding moves a value by up to
+/// u = 2^-9 (about 0.2%) of itself. The weights, every matmul output and the residual stream
+/// are rounded (attention scores, softmax and log-softmax run in f32), and these random
+/// fixtures have logits of magnitude ~10 (log-probs down to -15): a few roundings of 0.2% of
+/// 10 is a few hundredths on a logit. Measured on the CPU (candle 0.11.1): worst token error
+/// 0.080 (tiny-llama3), worst sum 0.21 (46 tokens), worst score 0.037; the bounds are about
+/// 2x those, since a GPU rounds in other places (other accumulation orders), and still show
+/// a wrong op at once (a dropped bias or norm moves log-probs by whole units). Token errors
+/// partly cancel in a sum, so its bound grows with sqrt(n), not n.
+const BF16_LOGPROB_TOL: f64 = 0.15;
+const BF16_SUM_TOL_PER_SQRT_TOKEN: f64 = 0.06;
+const BF16_SCORE_TOL: f64 = 0.08;
+
+#[test]
+fn bf16_token_logprobs_and_scores_match_transformers_loosely() {
+    let dev = test_device();
+    let mut report = String::new();
+    for name in CAUSAL {
+        let ck = Checkpoint::open(&fixture(name)).unwrap();
+        let model = ck.load_model(DType::BF16, &dev).unwrap();
+        assert_eq!(model.dtype(), DType::BF16);
+        let (mut worst, mut worst_sum) = (0f64, 0f64);
+        for (s, seq) in expected(name)["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let input = ids(&seq["input_ids"]);
+            let want = floats(&seq["token_logprobs"]);
+            let got = teacher_forced_logprobs(
+                &model,
+                &[PromptResponse {
+                    prompt: &input[..1],
+                    response: &input[1..],
+                }],
+            )
+            .unwrap();
+            // Log-probs come back f32 whatever the model dtype.
+            assert_eq!(got.tokens.dtype(), DType::F32);
+            for (t, (g, w)) in got.to_vecs().unwrap()[0].iter().zip(&want).enumerate() {
+                let err = (*g as f64 - w).abs();
+                worst = worst.max(err);
+                assert!(
+                    err < BF16_LOGPROB_TOL,
+                    "{name} seq {s} token {t}: {g} vs {w}"
+                );
+            }
+            let sum = got.sums().unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+            let want_sum = seq["sum_logprob"].as_f64().unwrap();
+            let tol =
+                BF16_LOGPROB_TOL.max(BF16_SUM_TOL_PER_SQRT_TOKEN * (want.len() as f64).sqrt());
+            worst_sum = worst_sum.max((sum - want_sum).abs());
+            assert!(
+                (sum - want_sum).abs() < tol,
+                "{name} seq {s} sum: {sum} vs {want_sum} (tolerance {tol})"
+            );
+        }
+        report.push_str(&format!(
+            "{name:>12} bf16: worst token log-prob error {worst:.4}, worst sum error {worst_sum:.4}\n"
+        ));
+    }
+    let ck = Checkpoint::open(&fixture("tiny-llama-rm")).unwrap();
+    let model = ck.load_model(DType::BF16, &dev).unwrap();
+    let mut worst = 0f64;
+    for seq in expected("tiny-llama-rm")["sequences"].as_array().unwrap() {
+        let score = sequence_scores(&model, &[ids(&seq["input_ids"])])
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0] as f64;
+        let want = seq["score"].as_f64().unwrap();
+        worst = worst.max((score - want).abs());
+        assert!(
+            (score - want).abs() < BF16_SCORE_TOL,
+            "bf16 score {score} vs {want}"
+        );
+    }
+    report.push_str(&format!(
+        "tiny-llama-rm bf16: worst score error {worst:.4}\n"
+    ));
+    println!("{report}");
+}
+
 /// Greedy decoding, one token at a time through the KV cache.
 fn greedy(model: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
-    let dev = Device::Cpu;
+    let dev = model.device();
     let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
-    let mut input = Tensor::new(prompt, &dev).unwrap().unsqueeze(0).unwrap();
+    let mut input = Tensor::new(prompt, dev).unwrap().unsqueeze(0).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
         let hidden = model.forward_hidden(&input, &mut cache).unwrap();
@@ -137,7 +225,7 @@ fn greedy(model: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
             .to_scalar::<u32>()
             .unwrap();
         out.push(next);
-        input = Tensor::new(&[next], &dev).unwrap().unsqueeze(0).unwrap();
+        input = Tensor::new(&[next], dev).unwrap().unsqueeze(0).unwrap();
     }
     out
 }
@@ -238,7 +326,7 @@ fn padded_batch_equals_each_sequence_alone() {
 /// Builds the model from `Var`s (as train-step does) and returns it with the vars by name.
 fn trainable(name: &str) -> (Transformer, Vec<(String, Var)>) {
     let ck = Checkpoint::open(&fixture(name)).unwrap();
-    let w = Weights::load(&ck.dir, DType::F32, &Device::Cpu).unwrap();
+    let w = Weights::load(&ck.dir, DType::F32, &test_device()).unwrap();
     let vars: Vec<(String, Var)> = w
         .tensors()
         .iter()

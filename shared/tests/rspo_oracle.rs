@@ -3,10 +3,7 @@
 //! pi_ref = tiny-llama. Driven through `step_gradients`, the function train-step runs for every
 //! optimizer step, on examples built by `build_examples` from the rows the stage reads.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rspo::data::{FinishReason, LogprobRow, SampleRow, WinrateRow};
 use rspo::model::{Checkpoint, Weights};
 use rspo::train::{
@@ -14,12 +11,10 @@ use rspo::train::{
     LossSpec, Optimizer, OptimizerKind, Regularizer, Selection, TrainableModel,
 };
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
+mod support;
+use support::{fixture, test_device};
 
 #[derive(Deserialize)]
 struct Oracle {
@@ -145,7 +140,7 @@ fn rows(o: &Oracle) -> Rows {
 
 fn policy_model() -> TrainableModel {
     let ck = Checkpoint::open(&fixture("rspo-oracle/policy")).unwrap();
-    let w = Weights::load(&ck.dir, DType::F32, &Device::Cpu).unwrap();
+    let w = Weights::load(&ck.dir, DType::F32, &test_device()).unwrap();
     TrainableModel::full(ck.config.clone(), &w).unwrap()
 }
 
@@ -362,4 +357,204 @@ fn one_adamw_step_moves_every_parameter_as_pytorch() {
         }
     }
     assert!(checked > 100_000, "{checked}");
+}
+
+/// The oracle's examples for one configuration.
+fn oracle_examples(r: &Rows, spec: &LossSpec, selection: Selection) -> Vec<rspo::train::Example> {
+    let inputs = ExampleInputs {
+        samples: ("samples", &r.samples),
+        winrates: ("winrates", &r.winrates),
+        policy_logprobs: ("policy logprobs", &r.policy),
+        reference_logprobs: ("reference logprobs", &r.reference),
+        reference_samples: spec
+            .needs_reference_samples()
+            .then_some(("reference samples", r.refs.as_slice())),
+    };
+    build_examples(&inputs, selection).unwrap()
+}
+
+fn mixed_policy_model() -> TrainableModel {
+    let ck = Checkpoint::open(&fixture("rspo-oracle/policy")).unwrap();
+    let w = Weights::load(&ck.dir, DType::F32, &test_device()).unwrap();
+    TrainableModel::full_mixed(ck.config.clone(), &w, DType::BF16).unwrap()
+}
+
+/// Mixed precision as train-step runs on a GPU: f32 parameters (the master weights), the passes
+/// in bf16 on casts of them. Every gradient lands on the f32 parameters in f32, and the loss
+/// and gradient norm stay near PyTorch's float64 values.
+///
+/// Tolerance: the loss is built from sequence log-prob sums, which bf16 gets within
+/// `d` = max(0.15, 0.06 x sqrt(tokens)) (model_fixtures.rs, `BF16_SUM_TOL_PER_SQRT_TOKEN`). For the self-play term
+/// `mean_s (dt_s - target_s)^2` an error of at most d in each dt_s moves it by at most
+/// `2 sqrt(L) d + d^2` (Cauchy-Schwarz over the mean); the check takes that bound for the
+/// configurations without regularizers. The gradient norm is checked to 10% (2% measured on
+/// the CPU): it is a sum over samples of (dt_s - target_s) times the log-prob gradients, whose
+/// factors both carry the bf16 errors above.
+#[test]
+fn bf16_compute_keeps_f32_masters_and_matches_pytorch_loosely() {
+    let o = oracle();
+    let r = rows(&o);
+    let trainable = mixed_policy_model();
+    assert!(trainable.is_mixed());
+    assert!(trainable
+        .params
+        .iter()
+        .all(|(_, v)| v.dtype() == DType::F32));
+    let model = trainable.forward_model().unwrap();
+    assert_eq!(model.dtype(), DType::BF16);
+    let max_tokens = o
+        .samples
+        .iter()
+        .map(|s| s.response_ids.len())
+        .max()
+        .unwrap();
+    let d = 0.15f64.max(0.06 * (max_tokens as f64).sqrt());
+    let mut report = String::new();
+    for result in &o.results {
+        let c = &result.config;
+        let spec = LossSpec {
+            beta: 1.0 / c.eta,
+            regularizers: c.terms.clone(),
+        };
+        let examples = oracle_examples(&r, &spec, c.selection);
+        let refs: Vec<_> = examples.iter().collect();
+        let out = step_gradients(&model, &trainable.params, &refs, &spec, 64).unwrap();
+        for (name, var) in &trainable.params {
+            let g = out
+                .grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{}: no gradient for {name}", c.name));
+            assert_eq!(g.dtype(), DType::F32, "{name}");
+        }
+        let norm = grad_norm(&out.grads, &trainable.params).unwrap();
+        let want = result.loss;
+        let line = format!(
+            "{:>24}: bf16 loss {:.4} vs {want:.4}, self-play {:.4} vs {:.4}, grad norm {norm:.2} \
+             vs {:.2}\n",
+            c.name, out.loss, out.self_play, result.terms["self_play"], result.grad_global_norm
+        );
+        report.push_str(&line);
+        assert!(out.loss.is_finite(), "{line}");
+        if c.terms.is_empty() {
+            let sp = result.terms["self_play"];
+            let bound = 2.0 * sp.sqrt() * d + d * d;
+            assert!(
+                (out.self_play - sp).abs() <= bound,
+                "{line} (bound {bound:.3})"
+            );
+        }
+        assert!(rel(norm, result.grad_global_norm) < 0.10, "{line}");
+    }
+    println!("{report}");
+}
+
+/// Training steps with bf16 passes move the loss as f32 passes do, the f32 masters keep
+/// updates below bf16's resolution, and the optimizer state is f32 with no master copy of its
+/// own (the parameters are the masters).
+#[test]
+fn bf16_steps_move_the_loss_as_f32_steps_do() {
+    let o = oracle();
+    let r = rows(&o);
+    let spec = LossSpec {
+        beta: 0.1,
+        regularizers: vec![],
+    };
+    let examples = oracle_examples(&r, &spec, Selection::BestWorst);
+    let refs: Vec<_> = examples.iter().collect();
+    let run = |trainable: &TrainableModel| -> (Vec<f64>, Optimizer) {
+        let mut opt = Optimizer::new(
+            OptimizerKind::AdamW(AdamWConfig::default()),
+            trainable.params.clone(),
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..6 {
+            let model = trainable.forward_model().unwrap();
+            let mut out = step_gradients(&model, &trainable.params, &refs, &spec, 64).unwrap();
+            clip_grad_norm(&mut out.grads, &trainable.params, 1.0).unwrap();
+            opt.step(&out.grads, 1e-3).unwrap();
+            losses.push(out.loss);
+        }
+        (losses, opt)
+    };
+    let f32_model = policy_model();
+    let (f32_losses, _) = run(&f32_model);
+    let mixed = mixed_policy_model();
+    let before: Vec<Vec<f32>> = mixed
+        .params
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    let (bf16_losses, opt) = run(&mixed);
+    println!("f32 losses:  {f32_losses:.4?}\nbf16 losses: {bf16_losses:.4?}");
+    // Both descend, by similar amounts (lr 1e-3 over 6 steps takes the loss down by several
+    // units, far more than bf16's noise of about 2 sqrt(L) d at the start).
+    let drop_f32 = f32_losses[0] - f32_losses[5];
+    let drop_bf16 = bf16_losses[0] - bf16_losses[5];
+    assert!(drop_f32 > 0.0, "f32 did not descend: {f32_losses:?}");
+    assert!(drop_bf16 > 0.0, "bf16 did not descend: {bf16_losses:?}");
+    assert!(
+        (drop_bf16 - drop_f32).abs() < 0.5 * drop_f32,
+        "bf16 drop {drop_bf16} vs f32 drop {drop_f32}"
+    );
+    // The parameters are still f32 and moved by amounts bf16 could not hold: some entry changed
+    // by less than half a bf16 ulp of its value, so a bf16 parameter would have stayed put.
+    let mut sub_ulp = 0usize;
+    for ((name, var), p0) in mixed.params.iter().zip(&before) {
+        assert_eq!(var.dtype(), DType::F32, "{name}");
+        let p1: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in p0.iter().zip(&p1) {
+            let half_ulp = a.abs() * 2f32.powi(-9);
+            if a != b && (a - b).abs() < half_ulp {
+                sub_ulp += 1;
+            }
+        }
+    }
+    assert!(sub_ulp > 0, "no update below bf16 resolution was kept");
+    // f32 state, and no master copies: the parameters are the masters.
+    let state = opt.state_tensors().unwrap();
+    assert!(
+        state.keys().all(|k| !k.starts_with("master.")),
+        "{:?}",
+        state.keys()
+    );
+    for (k, t) in &state {
+        if k != "step" {
+            assert_eq!(t.dtype(), DType::F32, "{k}");
+        }
+    }
+}
+
+/// LoRA in mixed precision: the base frozen in bf16, the adapters f32 parameters that get f32
+/// gradients through their bf16 casts, and the merged checkpoint in bf16.
+#[test]
+fn bf16_lora_trains_f32_adapters() {
+    let o = oracle();
+    let r = rows(&o);
+    let spec = LossSpec {
+        beta: 0.1,
+        regularizers: vec![],
+    };
+    let examples = oracle_examples(&r, &spec, Selection::BestWorst);
+    let refs: Vec<_> = examples.iter().collect();
+    let ck = Checkpoint::open(&fixture("rspo-oracle/policy")).unwrap();
+    let w = Weights::load(&ck.dir, DType::F32, &test_device()).unwrap();
+    let lora = rspo::train::LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+    };
+    let trainable =
+        TrainableModel::lora_mixed(ck.config.clone(), &w, &lora, 0, DType::BF16).unwrap();
+    assert!(trainable.is_mixed());
+    let model = trainable.forward_model().unwrap();
+    assert_eq!(model.dtype(), DType::BF16);
+    let out = step_gradients(&model, &trainable.params, &refs, &spec, 64).unwrap();
+    for (name, var) in &trainable.params {
+        assert_eq!(var.dtype(), DType::F32, "{name}");
+        let g = out.grads.get(var.as_tensor()).unwrap();
+        assert_eq!(g.dtype(), DType::F32, "{name}");
+    }
+    let merged = trainable.checkpoint_tensors().unwrap();
+    assert!(merged.values().all(|t| t.dtype() == DType::BF16));
 }

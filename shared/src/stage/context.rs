@@ -128,11 +128,36 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                     .with_context(|| format!("--device {s}: expected cuda:N with N a number"))?,
                 None => 0,
             };
-            Device::new_cuda(ordinal).with_context(|| {
-                format!("--device {s}: CUDA is not available (build with --features cuda)")
+            new_cuda(ordinal).with_context(|| {
+                if cfg!(feature = "cuda") {
+                    format!("--device {s}: cannot open CUDA device {ordinal}")
+                } else {
+                    format!("--device {s}: CUDA is not available (build with --features cuda)")
+                }
             })
         }
         other => bail!("--device {other}: expected cpu, cuda or cuda:N"),
+    }
+}
+
+/// `Device::new_cuda`, with a missing library as an error: the CUDA build loads libcuda,
+/// cuBLAS and cuRAND when a device is first opened (cudarc's dynamic loading, so the binary
+/// also starts on machines without them), and cudarc panics when one cannot be found.
+fn new_cuda(ordinal: usize) -> Result<Device> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
+    std::panic::set_hook(hook);
+    match opened {
+        Ok(device) => Ok(device?),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("a CUDA library could not be loaded");
+            bail!("{message}")
+        }
     }
 }
 

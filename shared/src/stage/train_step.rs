@@ -11,7 +11,7 @@
 //!   saved step, so an interrupted run resumes at the next step; removed at the end.
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -649,11 +649,13 @@ pub fn train_step(job: &TrainStepJob) -> Result<Outcome> {
     let plan = plan_steps(examples.len(), s.batch_size, s.epochs, s.seed)?;
     let total = plan.len() as u64;
     let schedule = LinearSchedule::with_warmup_ratio(s.lr, s.warmup_ratio, total)?;
-    let weights = Weights::load(&policy_dir, dtype, &device)
+    // f32 master weights whatever the compute dtype: the passes run on bf16 casts of them
+    // (TrainableModel::forward_model), gradients and optimizer state stay f32.
+    let weights = Weights::load(&policy_dir, DType::F32, &device)
         .with_context(|| format!("--policy {}: cannot load the weights", job.policy))?;
     let trainable = match &lora {
-        None => TrainableModel::full(ck.config.clone(), &weights)?,
-        Some(spec) => TrainableModel::lora(ck.config.clone(), &weights, spec, s.seed)?,
+        None => TrainableModel::full_mixed(ck.config.clone(), &weights, dtype)?,
+        Some(spec) => TrainableModel::lora_mixed(ck.config.clone(), &weights, spec, s.seed, dtype)?,
     };
     drop(weights);
     let mut optimizer = Optimizer::new(optimizer_kind, trainable.params.clone())?;
@@ -708,8 +710,10 @@ pub fn train_step(job: &TrainStepJob) -> Result<Outcome> {
             )
         };
         let lr = schedule.lr(k as u64);
-        let mut out = step_gradients(&trainable.model, &trainable.params, &batch, &spec, micro)
-            .with_context(where_)?;
+        let model = trainable.forward_model().with_context(where_)?;
+        let mut out =
+            step_gradients(&model, &trainable.params, &batch, &spec, micro).with_context(where_)?;
+        drop(model);
         let grad_norm = clip_grad_norm(&mut out.grads, &trainable.params, s.max_grad_norm)
             .with_context(where_)?;
         optimizer.step(&out.grads, lr).with_context(where_)?;

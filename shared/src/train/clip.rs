@@ -5,7 +5,7 @@
 //! A NaN or infinite norm is an error, raised before any gradient is changed.
 
 use candle_core::backprop::GradStore;
-use candle_core::Var;
+use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 
 use super::f32_slice::{tensor_from_f32, with_f32_slice, CHUNK};
@@ -31,6 +31,10 @@ fn sum_of_squares(values: &[f32]) -> f64 {
 /// (as PyTorch skips `grad is None`). A NaN or infinite norm is an error naming the first
 /// parameter whose gradient is not finite.
 pub fn grad_norm(grads: &GradStore, params: &[(String, Var)]) -> Result<f64, ClipError> {
+    let on_device = params.iter().any(|(_, v)| !v.as_tensor().device().is_cpu());
+    if on_device {
+        return grad_norm_tensor_ops(grads, params);
+    }
     let mut total = 0f64;
     let mut first_bad = None;
     for (name, var) in params {
@@ -42,6 +46,10 @@ pub fn grad_norm(grads: &GradStore, params: &[(String, Var)]) -> Result<f64, Cli
             total += sq;
         }
     }
+    finish_norm(total, first_bad)
+}
+
+fn finish_norm(total: f64, first_bad: Option<String>) -> Result<f64, ClipError> {
     let norm = total.sqrt();
     match first_bad {
         None if norm.is_finite() => Ok(norm),
@@ -51,6 +59,35 @@ pub fn grad_norm(grads: &GradStore, params: &[(String, Var)]) -> Result<f64, Cli
             param: first_bad.unwrap_or_else(|| "none, the sum overflowed".to_string()),
         }),
     }
+}
+
+/// [`grad_norm`] for gradients on a GPU: the squares are summed there (f32 per parameter, the
+/// total in f64) and only one number per parameter comes back, instead of every gradient.
+pub(crate) fn grad_norm_tensor_ops(
+    grads: &GradStore,
+    params: &[(String, Var)],
+) -> Result<f64, ClipError> {
+    let mut sums = Vec::new();
+    let mut names = Vec::new();
+    for (name, var) in params {
+        if let Some(grad) = grads.get(var.as_tensor()) {
+            let sq = grad.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            sums.push(sq.to_dtype(DType::F64)?.reshape(1)?);
+            names.push(name);
+        }
+    }
+    if sums.is_empty() {
+        return Ok(0.0);
+    }
+    let per_param = Tensor::cat(&sums, 0)?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f64>()?;
+    let first_bad = per_param
+        .iter()
+        .zip(&names)
+        .find(|(s, _)| !s.is_finite())
+        .map(|(_, n)| n.to_string());
+    finish_norm(per_param.iter().sum(), first_bad)
 }
 
 /// Clips the gradients of `params` in `grads` to a global norm of at most `max_norm` and returns
@@ -71,10 +108,15 @@ pub fn clip_grad_norm(
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let scaled = with_f32_slice(grad, |g| {
-                g.par_iter().map(|x| x * scale).collect::<Vec<f32>>()
-            })?;
-            let scaled = tensor_from_f32(scaled, grad.shape(), grad.dtype(), grad.device())?;
+            let scaled = if grad.device().is_cpu() {
+                let scaled = with_f32_slice(grad, |g| {
+                    g.par_iter().map(|x| x * scale).collect::<Vec<f32>>()
+                })?;
+                tensor_from_f32(scaled, grad.shape(), grad.dtype(), grad.device())?
+            } else {
+                // On the device, where the gradient is (f32 scale, as the slice pass).
+                (grad.to_dtype(DType::F32)? * scale as f64)?.to_dtype(grad.dtype())?
+            };
             grads.insert(var.as_tensor(), scaled);
         }
     }
@@ -117,6 +159,23 @@ mod tests {
         }
         // The clipped norm is max_norm (up to the 1e-6).
         assert!((grad_norm(&grads, &params).unwrap() - 1.0).abs() < 1e-6);
+    }
+
+    /// The GPU path (squares summed by tensor ops) gives the slice pass's norm and names the
+    /// same non-finite parameter.
+    #[test]
+    fn tensor_op_norm_matches_the_slice_pass() {
+        let (params, grads) = setup(&[3.0, 4.0, -0.5], &[12.0, 1e-3]);
+        let slice = grad_norm(&grads, &params).unwrap();
+        let tensor = grad_norm_tensor_ops(&grads, &params).unwrap();
+        // The tensor path sums each gradient in f32.
+        assert!((slice - tensor).abs() < 1e-6 * slice, "{slice} vs {tensor}");
+        let (params, grads) = setup(&[1.0], &[f32::INFINITY, 1.0]);
+        let err = grad_norm_tensor_ops(&grads, &params).unwrap_err();
+        assert!(
+            matches!(&err, ClipError::NonFinite { param, .. } if param == "b"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -108,8 +108,19 @@ pub fn attach(
     spec: &LoraSpec,
     seed: u64,
 ) -> Result<Vec<(String, Var)>, LoraError> {
-    spec.validate()?;
     let dtype = model.dtype();
+    attach_with_dtype(model, spec, seed, dtype)
+}
+
+/// [`attach`] with the adapters in `dtype`, which may differ from the model's (f32 adapters on
+/// a bf16 base: the caller casts them for the forward pass).
+pub fn attach_with_dtype(
+    model: &mut Transformer,
+    spec: &LoraSpec,
+    seed: u64,
+    dtype: DType,
+) -> Result<Vec<(String, Var)>, LoraError> {
+    spec.validate()?;
     let device = model.device().clone();
     let mut params = Vec::new();
     for (name, linear) in model.linear_layers_mut(&spec.targets) {

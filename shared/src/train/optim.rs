@@ -6,6 +6,11 @@
 //! the master copy and the `Var` receives the rounded result, so updates smaller than the
 //! parameter dtype's resolution are not lost. For f32 `Var`s the `Var` itself is the master.
 //!
+//! Parameters on a GPU keep their state as f32 tensors on that device and are updated by tensor
+//! ops there (the same formulas): copying every parameter to the host and back each step would
+//! cost more than the update itself. [`Optimizer::with_device_updates`] forces that path on any
+//! device, so the CPU tests check it against the slice passes.
+//!
 //! The parameters given to [`Optimizer::new`] are exactly the trainable ones; frozen tensors
 //! are simply not given. Every given parameter must receive a gradient at every step.
 //!
@@ -71,13 +76,150 @@ pub enum OptimError {
 }
 
 /// The f32 state of one parameter.
-struct Slot {
-    /// The f32 master weights, for a `Var` whose dtype is not f32.
-    master: Option<Vec<f32>>,
-    /// AdamW's first moment; empty for RMSprop.
-    exp_avg: Vec<f32>,
-    /// AdamW's second moment, or RMSprop's square average.
-    exp_avg_sq: Vec<f32>,
+enum Slot {
+    /// Plain vectors updated by one rayon pass (CPU parameters).
+    Host {
+        /// The f32 master weights, for a `Var` whose dtype is not f32.
+        master: Option<Vec<f32>>,
+        /// AdamW's first moment; empty for RMSprop.
+        exp_avg: Vec<f32>,
+        /// AdamW's second moment, or RMSprop's square average.
+        exp_avg_sq: Vec<f32>,
+    },
+    /// f32 tensors on the parameter's device, updated by tensor ops there.
+    Device {
+        master: Option<Tensor>,
+        /// None for RMSprop.
+        exp_avg: Option<Tensor>,
+        exp_avg_sq: Tensor,
+    },
+}
+
+impl Slot {
+    fn new(kind: &OptimizerKind, var: &Var, on_device: bool) -> candle_core::Result<Slot> {
+        let n = var.elem_count();
+        let adam = matches!(kind, OptimizerKind::AdamW(_));
+        if on_device {
+            let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
+            return Ok(Slot::Device {
+                master: (var.dtype() != DType::F32)
+                    .then(|| var.as_tensor().to_dtype(DType::F32))
+                    .transpose()?,
+                exp_avg: adam.then(zeros).transpose()?,
+                exp_avg_sq: zeros()?,
+            });
+        }
+        Ok(Slot::Host {
+            master: if var.dtype() == DType::F32 {
+                None
+            } else {
+                Some(with_f32_slice(var.as_tensor(), |s| s.to_vec())?)
+            },
+            exp_avg: if adam { vec![0f32; n] } else { Vec::new() },
+            exp_avg_sq: vec![0f32; n],
+        })
+    }
+
+    /// `(key, values)` of the state, in [`Optimizer::state_tensors`]' names.
+    fn host_state(
+        &self,
+        kind: &OptimizerKind,
+    ) -> candle_core::Result<Vec<(&'static str, Vec<f32>)>> {
+        let vals = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let mut out = Vec::new();
+        match (self, kind) {
+            (
+                Slot::Host {
+                    exp_avg,
+                    exp_avg_sq,
+                    ..
+                },
+                OptimizerKind::AdamW(_),
+            ) => {
+                out.push(("exp_avg", exp_avg.clone()));
+                out.push(("exp_avg_sq", exp_avg_sq.clone()));
+            }
+            (Slot::Host { exp_avg_sq, .. }, OptimizerKind::RmsProp(_)) => {
+                out.push(("square_avg", exp_avg_sq.clone()))
+            }
+            (
+                Slot::Device {
+                    exp_avg,
+                    exp_avg_sq,
+                    ..
+                },
+                OptimizerKind::AdamW(_),
+            ) => {
+                if let Some(m) = exp_avg {
+                    out.push(("exp_avg", vals(m)?));
+                }
+                out.push(("exp_avg_sq", vals(exp_avg_sq)?));
+            }
+            (Slot::Device { exp_avg_sq, .. }, OptimizerKind::RmsProp(_)) => {
+                out.push(("square_avg", vals(exp_avg_sq)?))
+            }
+        }
+        match self {
+            Slot::Host {
+                master: Some(m), ..
+            } => out.push(("master", m.clone())),
+            Slot::Device {
+                master: Some(m), ..
+            } => out.push(("master", vals(m)?)),
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    fn master_values(&self) -> candle_core::Result<Option<Vec<f32>>> {
+        match self {
+            Slot::Host { master, .. } => Ok(master.clone()),
+            Slot::Device { master, .. } => master
+                .as_ref()
+                .map(|m| m.flatten_all()?.to_vec1::<f32>())
+                .transpose(),
+        }
+    }
+}
+
+/// One AdamW step as tensor ops on f32 `p`, `m`, `v` (same formulas as [`adamw_update`]).
+fn adamw_tensors(
+    c: &AdamWConfig,
+    step: u64,
+    lr: f64,
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let t = step as f64;
+    let bias_correction1 = 1.0 - c.beta1.powf(t);
+    let bias_correction2_sqrt = (1.0 - c.beta2.powf(t)).sqrt();
+    let g = g.to_dtype(DType::F32)?;
+    let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let denom = ((v.sqrt()? / bias_correction2_sqrt)? + c.eps)?;
+    let p = ((p * (1.0 - lr * c.weight_decay))? - ((&m / &denom)? * (lr / bias_correction1))?)?;
+    Ok((p, m, v))
+}
+
+/// One RMSprop step as tensor ops on f32 `p`, `v` (same formulas as [`rmsprop_update`]).
+fn rmsprop_tensors(
+    c: &RmsPropConfig,
+    lr: f64,
+    p: &Tensor,
+    g: &Tensor,
+    v: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let g = g.to_dtype(DType::F32)?;
+    let g = if c.weight_decay != 0.0 {
+        (g + (p * c.weight_decay)?)?
+    } else {
+        g
+    };
+    let v = ((v * c.alpha)? + (g.sqr()? * (1.0 - c.alpha))?)?;
+    let p = (p - ((g * lr)? / (v.sqrt()? + c.eps)?)?)?;
+    Ok((p, v))
 }
 
 /// An optimizer over named trainable parameters.
@@ -89,7 +231,25 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// State on the host for CPU parameters, on the device for the others.
     pub fn new(kind: OptimizerKind, params: Vec<(String, Var)>) -> Result<Self, OptimError> {
+        Self::build(kind, params, false)
+    }
+
+    /// Every parameter's state as tensors on its device, updated by tensor ops, whatever the
+    /// device (what GPU parameters get; on the CPU, for comparing the two paths).
+    pub fn with_device_updates(
+        kind: OptimizerKind,
+        params: Vec<(String, Var)>,
+    ) -> Result<Self, OptimError> {
+        Self::build(kind, params, true)
+    }
+
+    fn build(
+        kind: OptimizerKind,
+        params: Vec<(String, Var)>,
+        force_device: bool,
+    ) -> Result<Self, OptimError> {
         let mut seen = HashSet::new();
         let mut slots = Vec::with_capacity(params.len());
         for (name, var) in &params {
@@ -103,21 +263,11 @@ impl Optimizer {
                     dtype,
                 });
             }
-            let n = var.elem_count();
-            let master = if dtype == DType::F32 {
-                None
-            } else {
-                Some(with_f32_slice(var.as_tensor(), |s| s.to_vec())?)
-            };
-            let exp_avg = match kind {
-                OptimizerKind::AdamW(_) => vec![0f32; n],
-                OptimizerKind::RmsProp(_) => Vec::new(),
-            };
-            slots.push(Slot {
-                master,
-                exp_avg,
-                exp_avg_sq: vec![0f32; n],
-            });
+            slots.push(Slot::new(
+                &kind,
+                var,
+                force_device || !var.device().is_cpu(),
+            )?);
         }
         Ok(Self {
             kind,
@@ -164,35 +314,70 @@ impl Optimizer {
         self.step += 1;
         let (kind, step) = (self.kind, self.step);
         for (((_, var), slot), grad) in self.params.iter().zip(&mut self.slots).zip(param_grads) {
-            let Slot {
-                master,
-                exp_avg,
-                exp_avg_sq,
-            } = slot;
-            let mut update = |p: &mut [f32]| {
-                with_f32_slice(grad, |g| match &kind {
-                    OptimizerKind::AdamW(c) => adamw_update(c, step, lr, p, g, exp_avg, exp_avg_sq),
-                    OptimizerKind::RmsProp(c) => rmsprop_update(c, lr, p, g, exp_avg_sq),
-                })
-            };
-            // Update the master copy, or a copy of the f32 Var's values.
-            let updated = match master {
-                Some(master) => {
-                    update(master)?;
-                    master.clone()
+            match slot {
+                Slot::Host {
+                    master,
+                    exp_avg,
+                    exp_avg_sq,
+                } => {
+                    let mut update = |p: &mut [f32]| {
+                        with_f32_slice(grad, |g| match &kind {
+                            OptimizerKind::AdamW(c) => {
+                                adamw_update(c, step, lr, p, g, exp_avg, exp_avg_sq)
+                            }
+                            OptimizerKind::RmsProp(c) => rmsprop_update(c, lr, p, g, exp_avg_sq),
+                        })
+                    };
+                    // Update the master copy, or a copy of the f32 Var's values.
+                    let updated = match master {
+                        Some(master) => {
+                            update(master)?;
+                            master.clone()
+                        }
+                        None => {
+                            let mut own = with_f32_slice(var.as_tensor(), |s| s.to_vec())?;
+                            update(&mut own)?;
+                            own
+                        }
+                    };
+                    var.set(&tensor_from_f32(
+                        updated,
+                        var.shape(),
+                        var.dtype(),
+                        var.device(),
+                    )?)?;
                 }
-                None => {
-                    let mut own = with_f32_slice(var.as_tensor(), |s| s.to_vec())?;
-                    update(&mut own)?;
-                    own
+                Slot::Device {
+                    master,
+                    exp_avg,
+                    exp_avg_sq,
+                } => {
+                    let p = match master {
+                        Some(m) => m.clone(),
+                        None => var.as_tensor().to_dtype(DType::F32)?,
+                    };
+                    let p = match (&kind, exp_avg.as_mut()) {
+                        (OptimizerKind::AdamW(c), Some(m)) => {
+                            let (p, m1, v1) = adamw_tensors(c, step, lr, &p, grad, m, exp_avg_sq)?;
+                            *m = m1;
+                            *exp_avg_sq = v1;
+                            p
+                        }
+                        (OptimizerKind::RmsProp(c), _) => {
+                            let (p, v1) = rmsprop_tensors(c, lr, &p, grad, exp_avg_sq)?;
+                            *exp_avg_sq = v1;
+                            p
+                        }
+                        (OptimizerKind::AdamW(_), None) => {
+                            return Err(OptimError::State("AdamW slot without exp_avg".into()))
+                        }
+                    };
+                    var.set(&p.to_dtype(var.dtype())?)?;
+                    if let Some(m) = master {
+                        *m = p;
+                    }
                 }
-            };
-            var.set(&tensor_from_f32(
-                updated,
-                var.shape(),
-                var.dtype(),
-                var.device(),
-            )?)?;
+            }
         }
         Ok(())
     }
@@ -204,20 +389,9 @@ impl Optimizer {
         let mut state = HashMap::new();
         state.insert("step".to_string(), Tensor::new(&[self.step as i64], &cpu)?);
         for ((name, var), slot) in self.params.iter().zip(&self.slots) {
-            let mut put = |key: &str, values: &[f32]| -> candle_core::Result<()> {
-                let t = Tensor::from_slice(values, var.shape(), &cpu)?;
+            for (key, values) in slot.host_state(&self.kind)? {
+                let t = Tensor::from_vec(values, var.shape(), &cpu)?;
                 state.insert(format!("{key}.{name}"), t);
-                Ok(())
-            };
-            match self.kind {
-                OptimizerKind::AdamW(_) => {
-                    put("exp_avg", &slot.exp_avg)?;
-                    put("exp_avg_sq", &slot.exp_avg_sq)?;
-                }
-                OptimizerKind::RmsProp(_) => put("square_avg", &slot.exp_avg_sq)?,
-            }
-            if let Some(master) = &slot.master {
-                put("master", master)?;
             }
         }
         Ok(state)
@@ -253,7 +427,7 @@ impl Optimizer {
             Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
         let mut slots = Vec::with_capacity(self.params.len());
-        for (name, var) in &self.params {
+        for ((name, var), old) in self.params.iter().zip(&self.slots) {
             let dims = var.dims();
             let (exp_avg, exp_avg_sq) = match self.kind {
                 OptimizerKind::AdamW(_) => (
@@ -269,10 +443,24 @@ impl Optimizer {
             } else {
                 Some(take(format!("master.{name}"), dims)?)
             };
-            slots.push(Slot {
-                master,
-                exp_avg,
-                exp_avg_sq,
+            slots.push(match old {
+                Slot::Host { .. } => Slot::Host {
+                    master,
+                    exp_avg,
+                    exp_avg_sq,
+                },
+                Slot::Device { .. } => {
+                    let dev = var.device();
+                    let put = |v: Vec<f32>| Tensor::from_vec(v, var.shape(), dev);
+                    Slot::Device {
+                        master: master.map(put).transpose()?,
+                        exp_avg: match self.kind {
+                            OptimizerKind::AdamW(_) => Some(put(exp_avg)?),
+                            OptimizerKind::RmsProp(_) => None,
+                        },
+                        exp_avg_sq: put(exp_avg_sq)?,
+                    }
+                }
             });
         }
         let mut unused: Vec<&String> = state.keys().filter(|k| !used.contains(*k)).collect();
@@ -284,9 +472,9 @@ impl Optimizer {
             )));
         }
         for ((_, var), slot) in self.params.iter().zip(&slots) {
-            if let Some(master) = &slot.master {
+            if let Some(master) = slot.master_values()? {
                 var.set(&tensor_from_f32(
-                    master.clone(),
+                    master,
                     var.shape(),
                     var.dtype(),
                     var.device(),
@@ -516,6 +704,82 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The tensor-op path (what GPU parameters take) against the slice passes: same values and
+    /// state after several steps, up to f32 rounding, for both rules and both parameter dtypes,
+    /// and the saved state of one path resumes the other.
+    #[test]
+    fn device_updates_match_the_slice_passes() {
+        let grads_seq: Vec<[f32; 4]> = vec![
+            [0.3, -0.2, 1.5, 0.0],
+            [-0.1, -0.4, 0.7, 2.0],
+            [0.25, 0.1, -1.0, 0.5],
+        ];
+        let kinds = [
+            OptimizerKind::AdamW(AdamWConfig::default()),
+            OptimizerKind::RmsProp(RmsPropConfig {
+                weight_decay: 0.01,
+                ..RmsPropConfig::default()
+            }),
+        ];
+        for kind in kinds {
+            for dtype in [DType::F32, DType::BF16] {
+                let init = [1.0f32, -2.0, 0.5, 0.125];
+                let host_var = var(&init, dtype);
+                let dev_var = var(&init, dtype);
+                let mut host =
+                    Optimizer::new(kind, vec![("w".to_string(), host_var.clone())]).unwrap();
+                let mut dev =
+                    Optimizer::with_device_updates(kind, vec![("w".to_string(), dev_var.clone())])
+                        .unwrap();
+                for g in &grads_seq {
+                    host.step(&grads_equal_to(host.params(), &[g]), 1e-2)
+                        .unwrap();
+                    dev.step(&grads_equal_to(dev.params(), &[g]), 1e-2).unwrap();
+                }
+                let label = format!("{} {dtype:?}", kind.name());
+                let (a, b) = (host.state_tensors().unwrap(), dev.state_tensors().unwrap());
+                let mut keys: Vec<_> = a.keys().collect();
+                keys.sort();
+                let mut keys_b: Vec<_> = b.keys().collect();
+                keys_b.sort();
+                assert_eq!(keys, keys_b, "{label}");
+                for k in keys.iter().filter(|k| k.as_str() != "step") {
+                    let x: Vec<f32> = a[*k].to_vec1().unwrap();
+                    let y: Vec<f32> = b[*k].to_vec1().unwrap();
+                    for (x, y) in x.iter().zip(&y) {
+                        assert!(
+                            (x - y).abs() <= 1e-6 * (1.0 + x.abs()),
+                            "{label} {k}: {x} vs {y}"
+                        );
+                    }
+                }
+                let (x, y) = (values(&host_var), values(&dev_var));
+                for (x, y) in x.iter().zip(&y) {
+                    // bf16 Vars hold the rounded master: equal masters round alike except at a
+                    // rounding boundary, one bf16 ulp.
+                    let tol = if dtype == DType::BF16 {
+                        2f32.powi(-7) * x.abs()
+                    } else {
+                        1e-6
+                    };
+                    assert!((x - y).abs() <= tol, "{label}: {x} vs {y}");
+                }
+                // The device path's state resumes the host path and the other way round.
+                let mut host2 =
+                    Optimizer::new(kind, vec![("w".to_string(), var(&init, dtype))]).unwrap();
+                host2.load_state(&b).unwrap();
+                let mut dev2 = Optimizer::with_device_updates(
+                    kind,
+                    vec![("w".to_string(), var(&init, dtype))],
+                )
+                .unwrap();
+                dev2.load_state(&a).unwrap();
+                assert_eq!(host2.step_count(), 3);
+                assert_eq!(dev2.step_count(), 3);
+            }
+        }
     }
 
     #[test]
