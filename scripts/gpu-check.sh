@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# gpu-check.sh [BUNDLE]: the GPU check, in one run of a few minutes.
+#
+# On a machine with an NVIDIA GPU and the bundle that scripts/cuda-build.sh packs
+# (target/cuda/rspo-cuda.tar.gz; no Rust needed there):
+#   1. the fixture parity tests on CUDA: f32 within the fixtures' 1e-4, bf16 within the bounds
+#      argued in shared/tests/model_fixtures.rs and rspo_oracle.rs, and the mixed-precision
+#      training tests (f32 masters, f32 optimizer state, bf16 passes);
+#   2. every model stage once with --device cuda on the tiny fixtures (sample, logprobs,
+#      score, estimate-winrate, train-step, evaluate);
+#   3. generate / logprobs / train-step throughput on the 40M benchmark shape and on a
+#      Qwen2.5-0.5B-shaped random model, ours (shared/benches/throughput.rs) and Hugging Face
+#      transformers + PyTorch's (scripts/gpu_check_torch.py) in the same run;
+#   4. one table: ours vs theirs.
+# Without a GPU (or without the bundle) it runs the same steps on the CPU with cargo (the dev
+# profile `make test` builds), the 40M shape only (GPU_CHECK_FULL=1 adds the 0.5B one), and
+# skips PyTorch when it is not installed.
+#
+# Environment: GPU_CHECK_DEVICE (cuda or cpu; default: cuda when nvidia-smi sees a GPU and the
+# bundle exists), GPU_CHECK_RUNS (timed runs per workload, default 3 on CUDA, 1 on CPU),
+# GPU_CHECK_FULL, OUT (a folder for the log and results; default a temporary one).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+bundle=${1:-target/cuda/rspo-cuda.tar.gz}
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
+results=$out/gpu-check.jsonl
+log=$out/gpu-check.log
+: >"$results"
+: >"$log"
+started=$(date +%s)
+failures=0
+
+say() { echo "gpu-check: $*" | tee -a "$log" >&2; }
+# run LABEL TIMEOUT CMD...: runs with a time limit, output to the log; records pass or fail.
+run() {
+    local label=$1 limit=$2
+    shift 2
+    local t0 rc
+    t0=$(date +%s)
+    timeout "$limit" "$@" >>"$log" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        say "ok    $label ($(($(date +%s) - t0)) s)"
+    else
+        say "FAIL  $label (exit $rc after $(($(date +%s) - t0)) s; see $log)"
+        failures=$((failures + 1))
+    fi
+    return $rc
+}
+
+device=${GPU_CHECK_DEVICE:-}
+if [ -z "$device" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && [ -f "$bundle" ]; then
+        device=cuda
+    else
+        device=cpu
+    fi
+fi
+if [ "$device" = cuda ]; then
+    runs=${GPU_CHECK_RUNS:-3}
+    nvidia-smi -L | tee -a "$log" >&2
+    work=$(mktemp -d)
+    tar -xzf "$bundle" -C "$work" || { say "cannot unpack $bundle"; exit 1; }
+    bin=$work/bin
+    tests=$work/tests
+    # The binaries load libcuda, cuBLAS, cuRAND (and need libcudart) at run time: the
+    # driver's, and the CUDA libraries of the local PyTorch or a system toolkit.
+    pylibs=$(python3 - <<'EOF' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except ImportError:
+    roots = []
+dirs = sorted({os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "**", "lib*.so*"), recursive=True)})
+print(":".join(dirs))
+EOF
+    )
+    export LD_LIBRARY_PATH="${pylibs:+$pylibs:}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fixtures_test=("$tests/model_fixtures")
+    oracle_test=("$tests/rspo_oracle")
+    bench=("$tests/throughput")
+else
+    runs=${GPU_CHECK_RUNS:-1}
+    # The dev profile that `make test` builds (dependencies and rspo at opt-level 3): no
+    # second full build of everything in release.
+    say "no GPU (or no bundle at $bundle): CPU fallback with cargo (dev profile)"
+    cargo build --workspace --bins >>"$log" 2>&1 || { say "cargo build failed; see $log"; exit 1; }
+    bin=$repo/target/debug
+    fixtures_test=(cargo test -q -p rspo --test model_fixtures --)
+    oracle_test=(cargo test -q -p rspo --test rspo_oracle --)
+    bench=(cargo test -q -p rspo --bench throughput --)
+fi
+say "device $device, $runs timed run(s) per workload, output in $out"
+
+# 1. Parity with the fixtures on the device.
+export RSPO_FIXTURES=$repo/tests/fixtures RSPO_TEST_DEVICE=$device
+run "parity: model fixtures (f32 1e-4, bf16 bounds) on $device" 300 "${fixtures_test[@]}" --test-threads 1
+run "parity: RSPO loss/gradients vs PyTorch, mixed precision on $device" 300 "${oracle_test[@]}" --test-threads 1
+unset RSPO_TEST_DEVICE
+
+# 2. Every model stage with --device on the tiny fixtures.
+smoke=$(mktemp -d)
+export RSPO_CACHE_DIR=$smoke/cache
+policy=$repo/tests/fixtures/tiny-llama
+rm_model=$repo/tests/fixtures/tiny-llama-rm
+prompts=$repo/data/prompts/train-1.parquet
+s=$smoke/iter-1
+run "stage: generate sample --device $device" 120 "$bin/generate" sample --device "$device" \
+    --model "$policy" --prompts "$prompts" --out "$s/samples.parquet" --k 2 --max-new-tokens 8 &&
+run "stage: generate logprobs --device $device" 120 "$bin/generate" logprobs --device "$device" \
+    --model "$policy" --samples "$s/samples.parquet" --role policy --out "$s/logprobs-policy.parquet" &&
+run "stage: generate logprobs (reference, reused)" 60 "$bin/generate" logprobs --device "$device" \
+    --model "$policy" --samples "$s/samples.parquet" --role reference \
+    --out "$s/logprobs-reference.parquet" --reuse "$s/logprobs-policy.parquet" &&
+run "stage: score --device $device" 120 "$bin/score" --device "$device" --samples "$s/samples.parquet" \
+    --judge reward-model --judge-model "$rm_model" --out "$s/preferences.parquet" &&
+run "stage: estimate-winrate" 60 "$bin/estimate-winrate" --preferences "$s/preferences.parquet" \
+    --out "$s/winrates.parquet" &&
+run "stage: train-step --device $device" 180 "$bin/train-step" --device "$device" --policy "$policy" \
+    --samples "$s/samples.parquet" --winrates "$s/winrates.parquet" \
+    --policy-logprobs "$s/logprobs-policy.parquet" --reference-logprobs "$s/logprobs-reference.parquet" \
+    --out "$s" --preset rspo-paper --beta 0.1 --optimizer adamw --lr 1e-3 --batch-size 16 &&
+run "stage: evaluate --device $device" 180 "$bin/evaluate" --device "$device" --models "$policy" "$s/model" \
+    --prompts "$prompts" --judge reward-model --judge-model "$rm_model" --baseline "$policy" \
+    --k 1 --max-new-tokens 8 --out "$smoke/eval"
+rm -rf "$smoke"
+
+# 3. Throughput, ours and PyTorch's, same workloads.
+qwen=$repo/bench/bench-qwen2.5-0.5b.config.json
+models=("$repo/bench/bench-40m.config.json")
+if [ "$device" = cuda ] || [ "${GPU_CHECK_FULL:-0}" = 1 ]; then models+=("$qwen"); fi
+if [ "$device" = cuda ]; then dtypes=(bf16 f32); else dtypes=(f32); fi
+have_torch=0
+if python3 -c 'import torch, transformers' >/dev/null 2>&1; then have_torch=1; else say "PyTorch/transformers not installed here: their column is skipped"; fi
+for m in "${models[@]}"; do
+    for dt in "${dtypes[@]}"; do
+        # f32 on the 0.5B shape adds minutes and says little beyond bf16: 40M only.
+        if [ "$dt" = f32 ] && [ "$m" = "$qwen" ] && [ "$device" = cuda ]; then continue; fi
+        name=$(basename "$m" .config.json)
+        run "throughput: rspo  $name $dt" 240 bash -c 'set -o pipefail; "$@" | grep "^{" >>"'"$results"'"' _ \
+            "${bench[@]}" --config "$m" --device "$device" --dtype "$dt" --runs "$runs"
+        if [ $have_torch = 1 ]; then
+            run "throughput: torch $name $dt" 240 bash -c 'set -o pipefail; "$@" | grep "^{" >>"'"$results"'"' _ \
+                python3 "$repo/scripts/gpu_check_torch.py" --config "$m" --device "$device" --dtype "$dt" --runs "$runs"
+        fi
+    done
+done
+
+# 4. The table.
+python3 - "$results" <<'EOF' | tee -a "$log"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for r in rows:
+    by.setdefault((r["model"], r["workload"], r["dtype"], r["device"]), {})[r["impl"]] = r
+order = {"generate": 0, "logprobs": 1, "train": 2}
+head = ("model", "workload", "dtype", "device", "rspo tok/s", "torch tok/s", "rspo/torch")
+lines = []
+for (model, workload, dtype, device), impls in sorted(by.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9), kv[0][2])):
+    ours, theirs = impls.get("rspo"), impls.get("torch")
+    a = ours["tokens_per_s"] if ours else None
+    b = theirs["tokens_per_s"] if theirs else None
+    ratio = f"{a / b:.2f}" if a and b else "-"
+    lines.append((model, workload, dtype, device, f"{a:.1f}" if a else "-", f"{b:.1f}" if b else "skipped", ratio))
+widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)] if lines else [len(h) for h in head]
+fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
+print(fmt.format(*head))
+print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+for l in lines:
+    print(fmt.format(*l))
+torch_v = next((r for r in rows if r["impl"] == "torch"), None)
+if torch_v:
+    print(f"torch {torch_v['torch']}, transformers {torch_v['transformers']}")
+EOF
+say "finished in $(($(date +%s) - started)) s with $failures failure(s)"
+[ "$failures" -eq 0 ]
