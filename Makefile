@@ -51,7 +51,7 @@ else
 endif
 
 # The binaries, the parity tests and the throughput bench with CUDA, stripped and packed into
-# target/cuda/rspo-cuda.tar.gz for a GPU machine without Rust.
+# target/cuda/rspo-cuda.tar.xz for a GPU machine without Rust.
 build-cuda:
 	scripts/cuda-build.sh
 

@@ -11,9 +11,10 @@
 #
 # The version is pinned to CUDA 13.0 (CUDA_WHEEL_VERSION): the GPU machines run driver 580 (CUDA
 # 13.0), and candle's kernels are PTX that the driver compiles at load time, so PTX from a newer nvcc
-# would be refused there ("unsupported PTX version"). The binaries load libcuda, cuBLAS, cuRAND and
-# NVRTC at run time (cudarc's dynamic loading), so building needs none of them; --with-libs adds
-# them (about 600 MB) for a GPU machine that has a driver but no CUDA libraries.
+# would be refused there ("unsupported PTX version"). The binaries link libcudart statically and
+# load libcuda, cuBLAS, cuRAND and NVRTC at run time (cudarc's dynamic loading), so building
+# needs none of those; --with-libs adds them (about 600 MB) for a GPU machine that has a driver
+# but no CUDA libraries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,21 +71,21 @@ if [ "$action" = install ] && [ ! -e "$stamp" ]; then
     # --no-deps: the wheels are plain files; pip's resolver would pull nothing else we need.
     nice -n 15 "$python" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
         --upgrade --target "$dir/site" "${pkgs[@]}"
-    # nvcc.profile looks for headers under targets/x86_64-linux/include and libraries under lib64,
-    # the layout of a system install; the wheels put them in include/ and lib/.
-    mkdir -p "$root/targets"
-    ln -sfn .. "$root/targets/x86_64-linux"
-    ln -sfn lib "$root/lib64"
-    # The linker wants the unversioned name; the wheels ship only the SONAME.
-    for so in "$root"/lib/lib*.so.*; do
-        base=${so%%.so.*}.so
-        [ -e "$base" ] || ln -s "$(basename "$so")" "$base"
-    done
     touch "$stamp"
     echo "cuda-toolchain.sh: installed in $(( $(date +%s) - start )) s"
 fi
 
 [ -x "$root/bin/nvcc" ] || { echo "cuda-toolchain.sh: nvcc missing under $root" >&2; exit 1; }
+# nvcc.profile looks for headers under targets/x86_64-linux/include and libraries under lib64,
+# the layout of a system install; the wheels put them in include/ and lib/.
+mkdir -p "$root/targets"
+ln -sfn .. "$root/targets/x86_64-linux"
+ln -sfn lib "$root/lib64"
+# candle-kernels links `-lcudart`. Offering only the static archive under that name links
+# it into the binaries, so they need no libcudart at run time (and start on machines
+# without CUDA); the other libraries are loaded with dlopen and need no link names.
+ln -sfn libcudart_static.a "$root/lib/libcudart.a"
+rm -f "$root/lib/libcudart.so"
 if [ "$action" = check ] || [ "$action" = install ]; then
     "$root/bin/nvcc" --version | tail -n 2
     echo "CUDA_HOME=$(cd "$root" && pwd)"

@@ -2,7 +2,7 @@
 # gpu-check.sh [BUNDLE]: the GPU check, in one run of a few minutes.
 #
 # On a machine with an NVIDIA GPU and the bundle that scripts/cuda-build.sh packs
-# (target/cuda/rspo-cuda.tar.gz; no Rust needed there):
+# (target/cuda/rspo-cuda.tar.xz; no Rust needed there):
 #   1. the fixture parity tests on CUDA: f32 within the fixtures' 1e-4, bf16 within the bounds
 #      argued in shared/tests/model_fixtures.rs and rspo_oracle.rs, and the mixed-precision
 #      training tests (f32 masters, f32 optimizer state, bf16 passes);
@@ -22,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-bundle=${1:-target/cuda/rspo-cuda.tar.gz}
+bundle=${1:-target/cuda/rspo-cuda.tar.xz}
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
 results=$out/gpu-check.jsonl
@@ -62,7 +62,7 @@ if [ "$device" = cuda ]; then
     runs=${GPU_CHECK_RUNS:-3}
     nvidia-smi -L | tee -a "$log" >&2
     work=$(mktemp -d)
-    tar -xzf "$bundle" -C "$work" || { say "cannot unpack $bundle"; exit 1; }
+    tar -xJf "$bundle" -C "$work" || { say "cannot unpack $bundle"; exit 1; }
     bin=$work/bin
     tests=$work/tests
     # The binaries load libcuda, cuBLAS, cuRAND (and need libcudart) at run time: the
