@@ -56,17 +56,19 @@ cargo_args=(--target-dir "$target_dir" --features "$features"
     --config 'profile.release.strip="symbols"')
 
 start=$(date +%s)
-$CARGO build --release "${cargo_args[@]}" --workspace --bins
+# One invocation for the binaries and the executables the GPU check runs (the parity tests, the
+# throughput bench): test targets bring dev-dependencies, whose features would otherwise make a
+# second build of every dependency.
+$CARGO build --release "${cargo_args[@]}" --workspace --bins \
+    --test model_fixtures --test rspo_oracle --bench throughput \
+    --message-format=json-render-diagnostics |
+    sed -n 's/.*"target":{[^}]*"kind":\["\(test\|bench\)"\].*"executable":"\([^"]*\)".*/\2/p' \
+        >"$target_dir/test-executables.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 if [ "$bins_only" = 1 ]; then
     echo "cuda-build.sh: binaries in $target_dir/release ($(( $(date +%s) - start )) s)"
     exit 0
 fi
-# The parity tests and the throughput bench run on the GPU machine too, from their executables.
-{
-    $CARGO test --release "${cargo_args[@]}" -p rspo --test model_fixtures --test rspo_oracle --no-run \
-        --message-format=json
-    $CARGO bench "${cargo_args[@]}" -p rspo --bench throughput --no-run --message-format=json
-} | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >"$target_dir/test-executables.txt"
 echo "cuda-build.sh: cargo took $(( $(date +%s) - start )) s"
 
 # The bundle: bin/<stage>, tests/<name> (test and bench executables without their hash),
