@@ -56,6 +56,7 @@ cargo_args=(--target-dir "$target_dir" --features "$features"
     --config 'profile.release.strip="symbols"')
 
 start=$(date +%s)
+mkdir -p "$target_dir"
 # One invocation for the binaries and the executables the GPU check runs (the parity tests, the
 # throughput bench): test targets bring dev-dependencies, whose features would otherwise make a
 # second build of every dependency.
