@@ -125,7 +125,7 @@ run "stage: train-step --device $device" 180 "$bin/train-step" --device "$device
     --out "$s" --preset rspo-paper --beta 0.1 --optimizer adamw --lr 1e-3 --batch-size 16 &&
 run "stage: evaluate --device $device" 180 "$bin/evaluate" --device "$device" --models "$policy" "$s/model" \
     --prompts "$prompts" --judge reward-model --judge-model "$rm_model" --baseline "$policy" \
-    --k 1 --max-new-tokens 8 --out "$smoke/eval"
+    --k 2 --max-new-tokens 8 --out "$smoke/eval"
 rm -rf "$smoke"
 
 # 3. Throughput, ours and PyTorch's, same workloads.
