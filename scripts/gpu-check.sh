@@ -62,7 +62,10 @@ if [ "$device" = cuda ]; then
     runs=${GPU_CHECK_RUNS:-3}
     nvidia-smi -L | tee -a "$log" >&2
     work=$(mktemp -d)
-    tar -xJf "$bundle" -C "$work" || { say "cannot unpack $bundle"; exit 1; }
+    # xz may be missing where Python is not: tarfile reads .tar.xz too.
+    tar -xJf "$bundle" -C "$work" 2>>"$log" ||
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bundle" "$work" ||
+        { say "cannot unpack $bundle"; exit 1; }
     bin=$work/bin
     tests=$work/tests
     # The binaries load libcuda, cuBLAS, cuRAND (and need libcudart) at run time: the
@@ -175,5 +178,10 @@ torch_v = next((r for r in rows if r["impl"] == "torch"), None)
 if torch_v:
     print(f"torch {torch_v['torch']}, transformers {torch_v['transformers']}")
 EOF
+if [ "$device" = cuda ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/GPU: /' | tee -a "$log"
+else
+    echo "CPU: $(nproc) cores, $(sed -n 's/^model name *: //p' /proc/cpuinfo | head -n 1)" | tee -a "$log"
+fi
 say "finished in $(($(date +%s) - started)) s with $failures failure(s)"
 [ "$failures" -eq 0 ]
