@@ -181,7 +181,8 @@ EOF
 if [ "$device" = cuda ]; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/GPU: /' | tee -a "$log"
 else
-    echo "CPU: $(nproc) cores, $(sed -n 's/^model name *: //p' /proc/cpuinfo | head -n 1)" | tee -a "$log"
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+    echo "CPU: $(nproc) cores, ${cpu:-$(uname -m)}" | tee -a "$log"
 fi
 say "finished in $(($(date +%s) - started)) s with $failures failure(s)"
 [ "$failures" -eq 0 ]
