@@ -408,11 +408,12 @@ impl Rows for WinrateRow {
     }
 }
 
-/// One judged (model, prompt) pair of an evaluation (eval.parquet).
+/// One judged (model, prompt, sample) of an evaluation (eval.parquet).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalRow {
     pub model: String,
     pub prompt_id: String,
+    pub sample_idx: u32,
     pub response: String,
     pub baseline: String,
     /// P(model's response beats the baseline), ties 0.5.
@@ -432,6 +433,7 @@ impl Rows for EvalRow {
             vec![
                 string_array(rows.iter().map(|r| r.model.as_str())),
                 string_array(rows.iter().map(|r| r.prompt_id.as_str())),
+                u32_array(rows.iter().map(|r| r.sample_idx)),
                 string_array(rows.iter().map(|r| r.response.as_str())),
                 string_array(rows.iter().map(|r| r.baseline.as_str())),
                 f64_array(rows.iter().map(|r| r.p_win)),
@@ -445,6 +447,7 @@ impl Rows for EvalRow {
         let c = Columns::new(batch);
         let mut model = c.strings("model")?;
         let mut prompt_id = c.strings("prompt_id")?;
+        let sample_idx = c.values::<UInt32Type>("sample_idx")?;
         let mut response = c.strings("response")?;
         let mut baseline = c.strings("baseline")?;
         let p_win = c.values::<Float64Type>("p_win")?;
@@ -454,6 +457,7 @@ impl Rows for EvalRow {
             .map(|i| EvalRow {
                 model: take(&mut model[i]),
                 prompt_id: take(&mut prompt_id[i]),
+                sample_idx: sample_idx[i],
                 response: take(&mut response[i]),
                 baseline: take(&mut baseline[i]),
                 p_win: p_win[i],
@@ -464,6 +468,9 @@ impl Rows for EvalRow {
     }
 
     fn key(&self) -> Option<String> {
-        Some(format!("({:?}, {:?})", self.model, self.prompt_id))
+        Some(format!(
+            "({:?}, {:?}, {})",
+            self.model, self.prompt_id, self.sample_idx
+        ))
     }
 }
