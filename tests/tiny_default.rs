@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use e2e::{bin, fixture, repo, Scratch};
+use e2e::{bin, fixture, max_abs_diff, repo, Scratch};
 use rspo::model::{sequence_scores, Checkpoint};
 
 /// The reward model's preference, restated from the example's doc: `▁` then lowercase letters.
@@ -81,19 +81,12 @@ fn tiny_policy_is_tiny_llama_with_a_word_direction() {
         base.keys().collect()
     );
     for (name, t) in &ours {
-        let diff = (t - &base[name]).unwrap();
         if name != "model.embed_tokens.weight" {
-            let max = diff
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let max = max_abs_diff(t, &base[name]);
             assert_eq!(max, 0.0, "{name} differs from the fixture");
             continue;
         }
-        let rows = diff.to_vec2::<f32>().unwrap();
+        let rows = (t - &base[name]).unwrap().to_vec2::<f32>().unwrap();
         let direction = &rows[flags.iter().position(|&f| f).unwrap()];
         let norm = direction.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "direction norm {norm}");
