@@ -12,9 +12,12 @@ CARGO    ?= cargo
 N        ?= 1
 PIPELINE ?= pipelines/tiny.toml
 RUN      ?= $(basename $(notdir $(PIPELINE)))
-RUNDIR   := data/runs/$(RUN)
-# The CUDA build has its own target folder (scripts/cuda-build.sh).
-BIN      := $(if $(filter cuda,$(FEATURES)),target/cuda/release,target/release)
+RUNDIR   ?= data/runs/$(RUN)
+# Where the stage binaries are, and the target that builds them (tests point BIN at their own
+# build and set BUILD= to skip the release build). The CUDA build has its own target folder
+# (scripts/cuda-build.sh).
+BIN      ?= $(if $(filter cuda,$(FEATURES)),target/cuda/release,target/release)
+BUILD    ?= build
 
 # [pipeline] keys are one-line strings or numbers, read here without a TOML parser.
 pipeline_key = $(shell sed -n 's/^$(1) *= *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' $(PIPELINE) | head -n 1)
@@ -65,42 +68,51 @@ test:
 bench:
 	$(CARGO) bench -p rspo --bench generate --bench score --bench pairrm --bench train_step
 
+# Every stage target depends on the pipeline file; the stage's own fingerprint then decides
+# whether there is work (a changed loss setting retrains, sampling stays cached). `touch` marks a
+# stage that found its output up to date as done, so make moves on to what depends on it.
 define ITERATION
-$(RUNDIR)/iter-$(1)/samples.parquet: $(call policy_dep,$(1)) $(call prompts_for,$(1)) $(PIPELINE) | build
-	$(TIMED) generate-$(1) -- $(BIN)/generate sample --config $(PIPELINE) --model $(call policy_dir,$(1)) \
+$(RUNDIR)/iter-$(1)/samples.parquet: $(call policy_dep,$(1)) $(call prompts_for,$(1)) $(PIPELINE) | $(BUILD)
+	$(TIMED) generate-$(1) $$@ -- $(BIN)/generate sample --config $(PIPELINE) --model $(call policy_dir,$(1)) \
 	  --prompts $(call prompts_for,$(1)) --iteration $(1) --out $$@
+	@touch $$@
 
-$(RUNDIR)/iter-$(1)/logprobs-policy.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
-	$(TIMED) logprobs-policy-$(1) -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(call policy_dir,$(1)) \
+$(RUNDIR)/iter-$(1)/logprobs-policy.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE)
+	$(TIMED) logprobs-policy-$(1) $$@ -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(call policy_dir,$(1)) \
 	  --samples $$< --role policy --out $$@
+	@touch $$@
 
 # Iteration 1's policy is the reference model: its log-probs are reused, not recomputed.
-$(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(if $(filter 1,$(1)),$(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
-	$(TIMED) logprobs-reference-$(1) -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(BASE_MODEL) \
+$(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE) $(if $(filter 1,$(1)),$(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
+	$(TIMED) logprobs-reference-$(1) $$@ -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(BASE_MODEL) \
 	  --samples $$< --role reference --out $$@ $(if $(filter 1,$(1)),--reuse $(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
+	@touch $$@
 
-$(RUNDIR)/iter-$(1)/preferences.parquet: $(RUNDIR)/iter-$(1)/samples.parquet
-	$(TIMED) score-$(1) -- $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) --out $$@
+$(RUNDIR)/iter-$(1)/preferences.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE)
+	$(TIMED) score-$(1) $$@ -- $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) --out $$@
+	@touch $$@
 
-$(RUNDIR)/iter-$(1)/winrates.parquet: $(RUNDIR)/iter-$(1)/preferences.parquet
-	$(TIMED) estimate-winrate-$(1) -- $(BIN)/estimate-winrate --config $(PIPELINE) --preferences $$< --out $$@
+$(RUNDIR)/iter-$(1)/winrates.parquet: $(RUNDIR)/iter-$(1)/preferences.parquet $(PIPELINE)
+	$(TIMED) estimate-winrate-$(1) $$@ -- $(BIN)/estimate-winrate --config $(PIPELINE) --preferences $$< --out $$@
+	@touch $$@
 
 $(RUNDIR)/iter-$(1)/train_log.parquet: $(RUNDIR)/iter-$(1)/samples.parquet \
     $(RUNDIR)/iter-$(1)/winrates.parquet $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
-    $(RUNDIR)/iter-$(1)/logprobs-reference.parquet
-	$(TIMED) train-step-$(1) -- $(BIN)/train-step --config $(PIPELINE) --policy $(call policy_dir,$(1)) \
+    $(RUNDIR)/iter-$(1)/logprobs-reference.parquet $(PIPELINE)
+	$(TIMED) train-step-$(1) $$@ -- $(BIN)/train-step --config $(PIPELINE) --policy $(call policy_dir,$(1)) \
 	  --samples $(RUNDIR)/iter-$(1)/samples.parquet --winrates $(RUNDIR)/iter-$(1)/winrates.parquet \
 	  --policy-logprobs $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
 	  --reference-logprobs $(RUNDIR)/iter-$(1)/logprobs-reference.parquet \
 	  --out $(RUNDIR)/iter-$(1)
+	@touch $$@
 endef
 $(foreach t,$(ITERS),$(eval $(call ITERATION,$(t))))
 
 MODELS     := $(BASE_MODEL) $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/model)
 TRAIN_LOGS := $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/train_log.parquet)
 
-$(RUNDIR)/eval-$(N)/summary.json: $(TRAIN_LOGS) $(EVAL_PROMPTS) $(PIPELINE) | build
-	$(TIMED) evaluate -- $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) --prompts $(EVAL_PROMPTS) \
+$(RUNDIR)/eval-$(N)/summary.json: $(TRAIN_LOGS) $(EVAL_PROMPTS) $(PIPELINE) | $(BUILD)
+	$(TIMED) evaluate $@ -- $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) --prompts $(EVAL_PROMPTS) \
 	  $(JUDGE_ARGS) --baseline $(BASELINE) --timings $(RUNDIR)/timings.tsv --out $(RUNDIR)/eval-$(N)
 
 iter: $(RUNDIR)/eval-$(N)/summary.json

@@ -221,7 +221,7 @@ fn one_iteration_and_evaluate_join_up() {
         ],
     );
     let (_, rows) = read_rows::<EvalRow>(&eval.join("eval.parquet")).unwrap();
-    assert_eq!(rows.len(), 2 * texts.len());
+    assert_eq!(rows.len(), 2 * texts.len() * 2, "2 models x prompts x K 2");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(eval.join("summary.json")).unwrap()).unwrap();
     let models = summary["models"].as_array().unwrap();

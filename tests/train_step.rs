@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use e2e::{bin, fails, fixture, ok, s, Scratch};
+use e2e::{bin, fails, fixture, max_abs_diff, ok, s, Scratch};
 use rspo::data::{
     read_rows, write_rows, FileKind, FileMeta, LogprobRow, Message, PromptRow, TrainLogRow,
     WinrateRow,
@@ -440,15 +440,7 @@ fn lora_writes_a_peft_adapter_and_a_merged_checkpoint() {
     for name in base.names() {
         let a = &base.tensors()[name];
         let b = &merged.tensors()[name];
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        changed.insert(name.clone(), d > 0.0);
+        changed.insert(name.clone(), max_abs_diff(a, b) > 0.0);
     }
     for (name, c) in &changed {
         let target = name.contains("q_proj") || name.contains("v_proj");

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: where the built binaries and the fixtures are, scratch
 //! folders, running a stage and checking how it ended.
 
+use candle_core::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -83,4 +84,14 @@ pub fn fails(scratch: &Scratch, name: &str, args: &[&str]) -> String {
 
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// The largest absolute difference between two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_dtype(candle_core::DType::F32))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
 }

@@ -39,7 +39,7 @@ struct Args {
     /// pi_ref for the KL estimate [default: the first of --models].
     #[arg(long)]
     reference_model: Option<String>,
-    /// Samples per prompt (sample 0 is judged; all measure diversity) [default: 4].
+    /// Samples per prompt; each is judged against the baseline (sample k against its sample k) and all measure diversity [default: 4].
     #[arg(long)]
     k: Option<u32>,
     /// Sampling temperature [default: 0.7].

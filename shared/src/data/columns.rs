@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, GenericListArray, ListArray, OffsetSizeTrait,
-    PrimitiveArray, StringArray, StructArray, UInt32Array, UInt64Array,
+    PrimitiveArray, StringArray, StructArray, UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{ArrowPrimitiveType, DataType};
@@ -265,6 +265,84 @@ fn check_elements(
     }
 }
 
+// ---- row fields ----
+
+/// A row field's type and the Arrow column it is stored as: the one place that pairs a Rust type
+/// with its builder and its checked reader.
+pub(crate) trait Column: Sized {
+    fn build<'r>(
+        name: &str,
+        values: impl Iterator<Item = &'r Self>,
+    ) -> Result<ArrayRef, ContentError>
+    where
+        Self: 'r;
+
+    fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError>;
+}
+
+impl Column for String {
+    fn build<'r>(
+        _: &str,
+        values: impl Iterator<Item = &'r Self>,
+    ) -> Result<ArrayRef, ContentError> {
+        Ok(string_array(values.map(String::as_str)))
+    }
+    fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {
+        columns.strings(name)
+    }
+}
+
+/// Primitive columns: the value itself, or nullable as `Option`.
+macro_rules! primitive_column {
+    ($($native:ty => $arrow:ty),+) => {$(
+        impl Column for $native {
+            fn build<'r>(_: &str, values: impl Iterator<Item = &'r Self>) -> Result<ArrayRef, ContentError> {
+                Ok(Arc::new(values.copied().collect::<PrimitiveArray<$arrow>>()))
+            }
+            fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {
+                columns.values::<$arrow>(name)
+            }
+        }
+
+        impl Column for Option<$native> {
+            fn build<'r>(_: &str, values: impl Iterator<Item = &'r Self>) -> Result<ArrayRef, ContentError> {
+                Ok(Arc::new(values.copied().collect::<PrimitiveArray<$arrow>>()))
+            }
+            fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {
+                columns.optional_values::<$arrow>(name)
+            }
+        }
+
+        impl Column for Vec<$native> {
+            fn build<'r>(name: &str, values: impl Iterator<Item = &'r Self>) -> Result<ArrayRef, ContentError> {
+                list_array::<$arrow>(name, values.map(Vec::as_slice))
+            }
+            fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {
+                columns.lists::<$arrow>(name)
+            }
+        }
+    )+};
+}
+
+primitive_column!(
+    u32 => arrow::datatypes::UInt32Type,
+    u64 => arrow::datatypes::UInt64Type,
+    f32 => arrow::datatypes::Float32Type,
+    f64 => arrow::datatypes::Float64Type
+);
+
+impl Column for Vec<Message> {
+    fn build<'r>(
+        name: &str,
+        values: impl Iterator<Item = &'r Self>,
+    ) -> Result<ArrayRef, ContentError> {
+        messages_array(name, values.map(Vec::as_slice))
+    }
+    fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {
+        columns.messages(name)
+    }
+}
+
 // ---- builders ----
 
 pub(crate) fn string_array<'s>(values: impl Iterator<Item = &'s str>) -> ArrayRef {
@@ -275,19 +353,11 @@ pub(crate) fn optional_string_array<'s>(values: impl Iterator<Item = Option<&'s 
     Arc::new(values.collect::<StringArray>())
 }
 
-pub(crate) fn u32_array(values: impl Iterator<Item = u32>) -> ArrayRef {
-    Arc::new(values.collect::<UInt32Array>())
-}
-
 pub(crate) fn u64_array(values: impl Iterator<Item = u64>) -> ArrayRef {
     Arc::new(values.collect::<UInt64Array>())
 }
 
 pub(crate) fn f64_array(values: impl Iterator<Item = f64>) -> ArrayRef {
-    Arc::new(values.collect::<Float64Array>())
-}
-
-pub(crate) fn optional_f64_array(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
     Arc::new(values.collect::<Float64Array>())
 }
 

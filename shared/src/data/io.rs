@@ -473,6 +473,7 @@ mod tests {
             vec![EvalRow {
                 model: "iter-1".into(),
                 prompt_id: "p1".into(),
+                sample_idx: 0,
                 response: "yes".into(),
                 baseline: "no".into(),
                 p_win: 0.5,

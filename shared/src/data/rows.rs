@@ -4,18 +4,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::mem::take;
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;
-use arrow::datatypes::{Float32Type, Float64Type, Schema, UInt32Type, UInt64Type};
+use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use super::columns::{
-    f64_array, list_array, messages_array, optional_f64_array, string_array, u32_array, u64_array,
-    Columns,
-};
+use super::columns::{string_array, Column, Columns};
 use super::error::ContentError;
 use super::schema::{check_columns, FileKind};
 
@@ -64,6 +60,38 @@ pub(crate) fn batch(schema: Schema, columns: Vec<ArrayRef>) -> Result<RecordBatc
     RecordBatch::try_new(Arc::new(schema), columns).map_err(ContentError::Arrow)
 }
 
+/// Implements [`Rows`] for a row struct whose fields are, in order, its kind's columns (same
+/// names); each field's type says how it is stored ([`Column`]). The key fields format as
+/// `("p1", 0)` in messages.
+macro_rules! rows {
+    ($row:ident, $kind:ident, key($($key:ident),+), [$($field:ident),+ $(,)?]) => {
+        impl Rows for $row {
+            const KIND: FileKind = FileKind::$kind;
+
+            fn to_batch(rows: &[Self]) -> Result<RecordBatch, ContentError> {
+                batch(
+                    Self::KIND.arrow_schema(),
+                    vec![$(Column::build(stringify!($field), rows.iter().map(|r| &r.$field))?),+],
+                )
+            }
+
+            fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ContentError> {
+                let c = Columns::new(batch);
+                $(let mut $field = Column::read(&c, stringify!($field))?.into_iter();)+
+                // Every column of a record batch has num_rows values.
+                Ok((0..batch.num_rows())
+                    .map(|_| $row { $($field: $field.next().expect("a value per row")),+ })
+                    .collect())
+            }
+
+            fn key(&self) -> Option<String> {
+                let parts: Vec<String> = vec![$(format!("{:?}", self.$key)),+];
+                Some(format!("({})", parts.join(", ")))
+            }
+        }
+    };
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
@@ -109,6 +137,31 @@ impl FinishReason {
     }
 }
 
+impl Column for FinishReason {
+    fn build<'r>(
+        _: &str,
+        values: impl Iterator<Item = &'r Self>,
+    ) -> Result<ArrayRef, ContentError> {
+        Ok(string_array(values.map(|f| f.as_str())))
+    }
+
+    fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {
+        let values = columns.strings(name)?;
+        values
+            .iter()
+            .enumerate()
+            .map(|(row, v)| {
+                FinishReason::parse(v).ok_or_else(|| ContentError::BadValue {
+                    column: name.into(),
+                    row,
+                    found: format!("'{v}'"),
+                    expected: "'eos' or 'length'".into(),
+                })
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for FinishReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -133,75 +186,23 @@ pub struct SampleRow {
     pub seed: u64,
 }
 
-impl Rows for SampleRow {
-    const KIND: FileKind = FileKind::Samples;
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ContentError> {
-        batch(
-            Self::KIND.arrow_schema(),
-            vec![
-                string_array(rows.iter().map(|r| r.prompt_id.as_str())),
-                u32_array(rows.iter().map(|r| r.sample_idx)),
-                messages_array("messages", rows.iter().map(|r| r.messages.as_slice()))?,
-                string_array(rows.iter().map(|r| r.prompt_text.as_str())),
-                string_array(rows.iter().map(|r| r.response.as_str())),
-                list_array::<UInt32Type>(
-                    "prompt_token_ids",
-                    rows.iter().map(|r| r.prompt_token_ids.as_slice()),
-                )?,
-                list_array::<UInt32Type>(
-                    "response_token_ids",
-                    rows.iter().map(|r| r.response_token_ids.as_slice()),
-                )?,
-                string_array(rows.iter().map(|r| r.finish_reason.as_str())),
-                f64_array(rows.iter().map(|r| r.sample_logprob)),
-                u64_array(rows.iter().map(|r| r.seed)),
-            ],
-        )
-    }
-
-    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ContentError> {
-        let c = Columns::new(batch);
-        let mut prompt_id = c.strings("prompt_id")?;
-        let sample_idx = c.values::<UInt32Type>("sample_idx")?;
-        let mut messages = c.messages("messages")?;
-        let mut prompt_text = c.strings("prompt_text")?;
-        let mut response = c.strings("response")?;
-        let mut prompt_token_ids = c.lists::<UInt32Type>("prompt_token_ids")?;
-        let mut response_token_ids = c.lists::<UInt32Type>("response_token_ids")?;
-        let finish_reason = c.strings("finish_reason")?;
-        let sample_logprob = c.values::<Float64Type>("sample_logprob")?;
-        let seed = c.values::<UInt64Type>("seed")?;
-        (0..batch.num_rows())
-            .map(|i| {
-                let finish_reason = FinishReason::parse(&finish_reason[i]).ok_or_else(|| {
-                    ContentError::BadValue {
-                        column: "finish_reason".into(),
-                        row: i,
-                        found: format!("'{}'", finish_reason[i]),
-                        expected: "'eos' or 'length'".into(),
-                    }
-                })?;
-                Ok(SampleRow {
-                    prompt_id: take(&mut prompt_id[i]),
-                    sample_idx: sample_idx[i],
-                    messages: take(&mut messages[i]),
-                    prompt_text: take(&mut prompt_text[i]),
-                    response: take(&mut response[i]),
-                    prompt_token_ids: take(&mut prompt_token_ids[i]),
-                    response_token_ids: take(&mut response_token_ids[i]),
-                    finish_reason,
-                    sample_logprob: sample_logprob[i],
-                    seed: seed[i],
-                })
-            })
-            .collect()
-    }
-
-    fn key(&self) -> Option<String> {
-        Some(format!("({:?}, {})", self.prompt_id, self.sample_idx))
-    }
-}
+rows!(
+    SampleRow,
+    Samples,
+    key(prompt_id, sample_idx),
+    [
+        prompt_id,
+        sample_idx,
+        messages,
+        prompt_text,
+        response,
+        prompt_token_ids,
+        response_token_ids,
+        finish_reason,
+        sample_logprob,
+        seed
+    ]
+);
 
 /// Teacher-forced log-probabilities of one sample under one model (logprobs-<role>.parquet).
 #[derive(Debug, Clone, PartialEq)]
@@ -214,47 +215,12 @@ pub struct LogprobRow {
     pub num_tokens: u32,
 }
 
-impl Rows for LogprobRow {
-    const KIND: FileKind = FileKind::Logprobs;
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ContentError> {
-        batch(
-            Self::KIND.arrow_schema(),
-            vec![
-                string_array(rows.iter().map(|r| r.prompt_id.as_str())),
-                u32_array(rows.iter().map(|r| r.sample_idx)),
-                f64_array(rows.iter().map(|r| r.logprob)),
-                list_array::<Float32Type>(
-                    "token_logprobs",
-                    rows.iter().map(|r| r.token_logprobs.as_slice()),
-                )?,
-                u32_array(rows.iter().map(|r| r.num_tokens)),
-            ],
-        )
-    }
-
-    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ContentError> {
-        let c = Columns::new(batch);
-        let mut prompt_id = c.strings("prompt_id")?;
-        let sample_idx = c.values::<UInt32Type>("sample_idx")?;
-        let logprob = c.values::<Float64Type>("logprob")?;
-        let mut token_logprobs = c.lists::<Float32Type>("token_logprobs")?;
-        let num_tokens = c.values::<UInt32Type>("num_tokens")?;
-        Ok((0..batch.num_rows())
-            .map(|i| LogprobRow {
-                prompt_id: take(&mut prompt_id[i]),
-                sample_idx: sample_idx[i],
-                logprob: logprob[i],
-                token_logprobs: take(&mut token_logprobs[i]),
-                num_tokens: num_tokens[i],
-            })
-            .collect())
-    }
-
-    fn key(&self) -> Option<String> {
-        Some(format!("({:?}, {})", self.prompt_id, self.sample_idx))
-    }
-}
+rows!(
+    LogprobRow,
+    Logprobs,
+    key(prompt_id, sample_idx),
+    [prompt_id, sample_idx, logprob, token_logprobs, num_tokens]
+);
 
 /// One judged pair of a prompt's samples (preferences.parquet).
 #[derive(Debug, Clone, PartialEq)]
@@ -272,50 +238,12 @@ pub struct PreferenceRow {
     pub judge: String,
 }
 
-impl Rows for PreferenceRow {
-    const KIND: FileKind = FileKind::Preferences;
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ContentError> {
-        batch(
-            Self::KIND.arrow_schema(),
-            vec![
-                string_array(rows.iter().map(|r| r.prompt_id.as_str())),
-                u32_array(rows.iter().map(|r| r.i)),
-                u32_array(rows.iter().map(|r| r.j)),
-                f64_array(rows.iter().map(|r| r.p)),
-                optional_f64_array(rows.iter().map(|r| r.p_forward)),
-                optional_f64_array(rows.iter().map(|r| r.p_swapped)),
-                string_array(rows.iter().map(|r| r.judge.as_str())),
-            ],
-        )
-    }
-
-    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ContentError> {
-        let c = Columns::new(batch);
-        let mut prompt_id = c.strings("prompt_id")?;
-        let i = c.values::<UInt32Type>("i")?;
-        let j = c.values::<UInt32Type>("j")?;
-        let p = c.values::<Float64Type>("p")?;
-        let p_forward = c.optional_values::<Float64Type>("p_forward")?;
-        let p_swapped = c.optional_values::<Float64Type>("p_swapped")?;
-        let mut judge = c.strings("judge")?;
-        Ok((0..batch.num_rows())
-            .map(|k| PreferenceRow {
-                prompt_id: take(&mut prompt_id[k]),
-                i: i[k],
-                j: j[k],
-                p: p[k],
-                p_forward: p_forward[k],
-                p_swapped: p_swapped[k],
-                judge: take(&mut judge[k]),
-            })
-            .collect())
-    }
-
-    fn key(&self) -> Option<String> {
-        Some(format!("({:?}, {}, {})", self.prompt_id, self.i, self.j))
-    }
-}
+rows!(
+    PreferenceRow,
+    Preferences,
+    key(prompt_id, i, j),
+    [prompt_id, i, j, p, p_forward, p_swapped, judge]
+);
 
 /// A scalar judge's score of one sample (scores.parquet).
 #[derive(Debug, Clone, PartialEq)]
@@ -325,38 +253,12 @@ pub struct ScoreRow {
     pub score: f64,
 }
 
-impl Rows for ScoreRow {
-    const KIND: FileKind = FileKind::Scores;
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ContentError> {
-        batch(
-            Self::KIND.arrow_schema(),
-            vec![
-                string_array(rows.iter().map(|r| r.prompt_id.as_str())),
-                u32_array(rows.iter().map(|r| r.sample_idx)),
-                f64_array(rows.iter().map(|r| r.score)),
-            ],
-        )
-    }
-
-    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ContentError> {
-        let c = Columns::new(batch);
-        let mut prompt_id = c.strings("prompt_id")?;
-        let sample_idx = c.values::<UInt32Type>("sample_idx")?;
-        let score = c.values::<Float64Type>("score")?;
-        Ok((0..batch.num_rows())
-            .map(|i| ScoreRow {
-                prompt_id: take(&mut prompt_id[i]),
-                sample_idx: sample_idx[i],
-                score: score[i],
-            })
-            .collect())
-    }
-
-    fn key(&self) -> Option<String> {
-        Some(format!("({:?}, {})", self.prompt_id, self.sample_idx))
-    }
-}
+rows!(
+    ScoreRow,
+    Scores,
+    key(prompt_id, sample_idx),
+    [prompt_id, sample_idx, score]
+);
 
 /// A sample's estimated win rate against the policy (winrates.parquet).
 #[derive(Debug, Clone, PartialEq)]
@@ -369,50 +271,19 @@ pub struct WinrateRow {
     pub rank: u32,
 }
 
-impl Rows for WinrateRow {
-    const KIND: FileKind = FileKind::Winrates;
+rows!(
+    WinrateRow,
+    Winrates,
+    key(prompt_id, sample_idx),
+    [prompt_id, sample_idx, winrate, n_opponents, rank]
+);
 
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ContentError> {
-        batch(
-            Self::KIND.arrow_schema(),
-            vec![
-                string_array(rows.iter().map(|r| r.prompt_id.as_str())),
-                u32_array(rows.iter().map(|r| r.sample_idx)),
-                f64_array(rows.iter().map(|r| r.winrate)),
-                u32_array(rows.iter().map(|r| r.n_opponents)),
-                u32_array(rows.iter().map(|r| r.rank)),
-            ],
-        )
-    }
-
-    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ContentError> {
-        let c = Columns::new(batch);
-        let mut prompt_id = c.strings("prompt_id")?;
-        let sample_idx = c.values::<UInt32Type>("sample_idx")?;
-        let winrate = c.values::<Float64Type>("winrate")?;
-        let n_opponents = c.values::<UInt32Type>("n_opponents")?;
-        let rank = c.values::<UInt32Type>("rank")?;
-        Ok((0..batch.num_rows())
-            .map(|i| WinrateRow {
-                prompt_id: take(&mut prompt_id[i]),
-                sample_idx: sample_idx[i],
-                winrate: winrate[i],
-                n_opponents: n_opponents[i],
-                rank: rank[i],
-            })
-            .collect())
-    }
-
-    fn key(&self) -> Option<String> {
-        Some(format!("({:?}, {})", self.prompt_id, self.sample_idx))
-    }
-}
-
-/// One judged (model, prompt) pair of an evaluation (eval.parquet).
+/// One judged (model, prompt, sample) of an evaluation (eval.parquet).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalRow {
     pub model: String,
     pub prompt_id: String,
+    pub sample_idx: u32,
     pub response: String,
     pub baseline: String,
     /// P(model's response beats the baseline), ties 0.5.
@@ -423,47 +294,18 @@ pub struct EvalRow {
     pub len_baseline: u32,
 }
 
-impl Rows for EvalRow {
-    const KIND: FileKind = FileKind::Eval;
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ContentError> {
-        batch(
-            Self::KIND.arrow_schema(),
-            vec![
-                string_array(rows.iter().map(|r| r.model.as_str())),
-                string_array(rows.iter().map(|r| r.prompt_id.as_str())),
-                string_array(rows.iter().map(|r| r.response.as_str())),
-                string_array(rows.iter().map(|r| r.baseline.as_str())),
-                f64_array(rows.iter().map(|r| r.p_win)),
-                u32_array(rows.iter().map(|r| r.len_response)),
-                u32_array(rows.iter().map(|r| r.len_baseline)),
-            ],
-        )
-    }
-
-    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, ContentError> {
-        let c = Columns::new(batch);
-        let mut model = c.strings("model")?;
-        let mut prompt_id = c.strings("prompt_id")?;
-        let mut response = c.strings("response")?;
-        let mut baseline = c.strings("baseline")?;
-        let p_win = c.values::<Float64Type>("p_win")?;
-        let len_response = c.values::<UInt32Type>("len_response")?;
-        let len_baseline = c.values::<UInt32Type>("len_baseline")?;
-        Ok((0..batch.num_rows())
-            .map(|i| EvalRow {
-                model: take(&mut model[i]),
-                prompt_id: take(&mut prompt_id[i]),
-                response: take(&mut response[i]),
-                baseline: take(&mut baseline[i]),
-                p_win: p_win[i],
-                len_response: len_response[i],
-                len_baseline: len_baseline[i],
-            })
-            .collect())
-    }
-
-    fn key(&self) -> Option<String> {
-        Some(format!("({:?}, {:?})", self.model, self.prompt_id))
-    }
-}
+rows!(
+    EvalRow,
+    Eval,
+    key(model, prompt_id, sample_idx),
+    [
+        model,
+        prompt_id,
+        sample_idx,
+        response,
+        baseline,
+        p_win,
+        len_response,
+        len_baseline
+    ]
+);

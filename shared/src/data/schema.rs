@@ -103,7 +103,7 @@ impl FileKind {
                 Some("(prompt_id, sample_idx)")
             }
             FileKind::Preferences => Some("(prompt_id, i, j)"),
-            FileKind::Eval => Some("(model, prompt_id)"),
+            FileKind::Eval => Some("(model, prompt_id, sample_idx)"),
             FileKind::Prompts | FileKind::TrainLog => None,
         }
     }
@@ -161,6 +161,7 @@ impl FileKind {
             FileKind::Eval => vec![
                 utf8("model"),
                 utf8("prompt_id"),
+                u32("sample_idx"),
                 utf8("response"),
                 utf8("baseline"),
                 f64("p_win"),

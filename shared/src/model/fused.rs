@@ -664,6 +664,30 @@ mod tests {
             .unwrap()
     }
 
+    /// Asserts that `fused` and `composed` agree in value (within `tol`) and in the gradients of
+    /// one random weighting of their outputs with respect to each of `vars` (within 10 `tol`).
+    fn assert_same(what: &str, fused: &Tensor, composed: &Tensor, vars: &[&Var], tol: f64) {
+        let d = max_diff(fused, composed);
+        assert!(d < tol, "{what}: value differs by {d}");
+        let weights = Tensor::randn(0f32, 1.0, fused.shape(), fused.device())
+            .and_then(|w| w.to_dtype(fused.dtype()))
+            .unwrap();
+        let grads = |y: &Tensor| {
+            (y * &weights)
+                .and_then(|y| y.sum_all())
+                .and_then(|y| y.backward())
+                .unwrap()
+        };
+        let (ga, gb) = (grads(fused), grads(composed));
+        for v in vars {
+            let d = max_diff(
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < tol * 10.0, "{what}: gradient differs by {d}");
+        }
+    }
+
     #[test]
     fn frozen_linear_passes_the_input_gradient_only() {
         let dev = Device::Cpu;
@@ -671,28 +695,16 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
         let y = frozen_linear_t(x.as_tensor(), &w).unwrap().unwrap();
         let plain = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
-        assert!(max_diff(&y, &plain) < 1e-6);
-        let wt = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
-        let ga = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (&plain * &wt)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let d = max_diff(
-            ga.get(x.as_tensor()).unwrap(),
-            gb.get(x.as_tensor()).unwrap(),
-        );
-        assert!(d < 1e-5, "{d}");
-        // Nothing else in the store: no gradient was made for the frozen weight.
-        assert!(ga.get(&w).is_none());
+        assert_same("frozen linear", &y, &plain, &[&x], 1e-6);
+        // No gradient is made for the frozen weight.
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&w).is_none());
         // A trainable weight or an input without gradient: not this op's case.
         let wv = Var::from_tensor(&w).unwrap();
         assert!(frozen_linear_t(x.as_tensor(), wv.as_tensor())
             .unwrap()
             .is_none());
-        assert!(frozen_linear_t(&wt, &w).unwrap().is_none());
+        assert!(frozen_linear_t(&plain.detach(), &w).unwrap().is_none());
     }
 
     /// Forward values and gradients of every kernel equal the composed candle ops'.
@@ -706,14 +718,6 @@ mod tests {
                     .unwrap()
                     .to_dtype(dtype)
                     .unwrap()
-            };
-            // A weighting so gradients differ per element.
-            let weigh = |y: &Tensor| {
-                let w = Tensor::randn(0f32, 1.0, y.shape(), &dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap();
-                (y * w).unwrap().sum_all().unwrap()
             };
 
             // rms_norm on (2, 3, 8) with a weight.
@@ -733,30 +737,7 @@ mod tests {
                 .unwrap()
                 .broadcast_mul(w.as_tensor())
                 .unwrap();
-            assert!(max_diff(&fused, &composed) < tol);
-            let wt = Tensor::randn(0f32, 1.0, fused.shape(), &dev)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
-            let ga = (&fused * &wt)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gb = (&composed * &wt)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for v in [&x, &w] {
-                let d = max_diff(
-                    ga.get(v.as_tensor()).unwrap(),
-                    gb.get(v.as_tensor()).unwrap(),
-                );
-                assert!(d < tol * 10.0, "rms_norm grad {d}");
-            }
+            assert_same("rms_norm", &fused, &composed, &[&x, &w], tol);
 
             // rope on (2, 3, 4, 8), per-batch angles and shared angles.
             for per_batch in [true, false] {
@@ -788,50 +769,14 @@ mod tests {
                     let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
                     (xs.broadcast_mul(&c).unwrap() + rot.broadcast_mul(&s).unwrap()).unwrap()
                 };
-                assert!(max_diff(&fused, &composed) < tol);
-                let wt = rand(&[2, 3, 4, 8]);
-                let ga = (&fused * &wt)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let gb = (&composed * &wt)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let d = max_diff(
-                    ga.get(x.as_tensor()).unwrap(),
-                    gb.get(x.as_tensor()).unwrap(),
-                );
-                assert!(d < tol, "rope grad {d}");
+                assert_same("rope", &fused, &composed, &[&x], tol);
             }
 
             // softmax on (3, 5, 7), and log-softmax at targets on (6, 50).
             let x = Var::from_tensor(&rand(&[3, 5, 7])).unwrap();
             let fused = softmax_last_dim(x.as_tensor()).unwrap().unwrap();
             let composed = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
-            assert!(max_diff(&fused, &composed) < tol);
-            let wt = rand(&[3, 5, 7]);
-            let ga = (&fused * &wt)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gb = (&composed * &wt)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let d = max_diff(
-                ga.get(x.as_tensor()).unwrap(),
-                gb.get(x.as_tensor()).unwrap(),
-            );
-            assert!(d < tol, "softmax grad {d}");
+            assert_same("softmax", &fused, &composed, &[&x], tol);
 
             let x = Var::from_tensor(&(rand(&[6, 50]) * 3.0).unwrap()).unwrap();
             let targets: Vec<u32> = vec![0, 49, 7, 7, 20, 33];
@@ -843,27 +788,7 @@ mod tests {
                 .unwrap()
                 .squeeze(1)
                 .unwrap();
-            assert!(max_diff(&fused, &composed) < tol);
-            let ga = weigh(&fused).backward().unwrap();
-            let wt2 = rand(&[6]);
-            let ga2 = (&fused * &wt2)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gb2 = (&composed * &wt2)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            assert!(ga.get(x.as_tensor()).is_some());
-            let d = max_diff(
-                ga2.get(x.as_tensor()).unwrap(),
-                gb2.get(x.as_tensor()).unwrap(),
-            );
-            assert!(d < tol, "target log-prob grad {d}");
+            assert_same("target log-probs", &fused, &composed, &[&x], tol);
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::judge::JudgeItem;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvaluateSettings {
-    /// Samples per prompt (sample 0 is judged; all K measure diversity).
+    /// Samples per prompt: each is judged against the baseline, and all K measure diversity.
     pub k: u32,
     pub temperature: f64,
     pub top_p: f64,
@@ -77,7 +77,9 @@ pub struct ModelSummary {
     pub name: String,
     pub path: String,
     pub prompts: usize,
-    /// Mean P(model beats baseline), percent.
+    /// Responses judged against the baseline: K per prompt.
+    pub judged: usize,
+    /// Mean P(model beats baseline) over the judged responses, percent.
     pub win_rate: f64,
     /// Length-controlled win rate (minimal GLM), percent.
     pub lc_win_rate: f64,
@@ -122,6 +124,7 @@ fn sample_settings(s: &EvaluateSettings) -> GenerateSettings {
 }
 
 pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
+    let started = std::time::Instant::now();
     let s = job.settings;
     ensure!(!job.models.is_empty(), "--models: give at least one model");
     ensure!(s.k >= 1, "--k {}: expected at least 1", s.k);
@@ -169,12 +172,13 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         .clone()
         .unwrap_or_else(|| job.models[0].clone());
 
-    // The baseline: reference answers, or another model's sample 0.
+    // The baseline: reference answers (one per prompt, faced by every sample), or another
+    // model's samples (sample k of a model faces sample k of the baseline).
     let references: HashMap<&str, Option<&str>> = prompts
         .iter()
         .map(|p| (p.prompt_id.as_str(), p.reference.as_deref()))
         .collect();
-    let baseline_texts: HashMap<String, String> = if s.baseline == "reference" {
+    let baseline_texts: HashMap<(String, u32), String> = if s.baseline == "reference" {
         let mut out = HashMap::new();
         for p in &prompts {
             let Some(r) = &p.reference else {
@@ -184,7 +188,9 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
                     p.prompt_id
                 );
             };
-            out.insert(p.prompt_id.clone(), r.clone());
+            for k in 0..s.k as u32 {
+                out.insert((p.prompt_id.clone(), k), r.clone());
+            }
         }
         out
     } else {
@@ -195,8 +201,7 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         };
         let (_, rows) = read_rows::<SampleRow>(&file)?;
         rows.into_iter()
-            .filter(|r| r.sample_idx == 0)
-            .map(|r| (r.prompt_id, r.response))
+            .map(|r| ((r.prompt_id, r.sample_idx), r.response))
             .collect()
     };
 
@@ -257,39 +262,45 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         for r in &rows {
             if r.sample_idx == 0 {
                 groups.push(Vec::new());
-                let baseline = baseline_texts.get(&r.prompt_id).with_context(|| {
-                    format!("the baseline has no response for prompt {:?}", r.prompt_id)
-                })?;
-                let reference = references.get(r.prompt_id.as_str()).copied().flatten();
-                let a = JudgeItem {
-                    prompt_id: &r.prompt_id,
-                    sample_idx: 0,
-                    messages: &r.messages,
-                    response: &r.response,
-                    reference,
-                };
-                let b = JudgeItem {
-                    response: baseline,
-                    sample_idx: 1,
-                    ..a
-                };
-                let verdict = judge.compare(&a, &b)?;
-                p_win.push(verdict.p);
-                len_model.push(char_length(&r.response) as f64);
-                len_base.push(char_length(baseline) as f64);
-                eval_rows.push(EvalRow {
-                    model: name.clone(),
-                    prompt_id: r.prompt_id.clone(),
-                    response: r.response.clone(),
-                    baseline: baseline.clone(),
-                    p_win: verdict.p,
-                    len_response: char_length(&r.response) as u32,
-                    len_baseline: char_length(baseline) as u32,
-                });
             }
             if let Some(g) = groups.last_mut() {
                 g.push(&r.response);
             }
+            let baseline = baseline_texts
+                .get(&(r.prompt_id.clone(), r.sample_idx))
+                .with_context(|| {
+                    format!(
+                        "the baseline has no sample {} for prompt {:?}",
+                        r.sample_idx, r.prompt_id
+                    )
+                })?;
+            let reference = references.get(r.prompt_id.as_str()).copied().flatten();
+            let a = JudgeItem {
+                prompt_id: &r.prompt_id,
+                sample_idx: 0,
+                messages: &r.messages,
+                response: &r.response,
+                reference,
+            };
+            let b = JudgeItem {
+                response: baseline,
+                sample_idx: 1,
+                ..a
+            };
+            let verdict = judge.compare(&a, &b)?;
+            p_win.push(verdict.p);
+            len_model.push(char_length(&r.response) as f64);
+            len_base.push(char_length(baseline) as f64);
+            eval_rows.push(EvalRow {
+                model: name.clone(),
+                prompt_id: r.prompt_id.clone(),
+                sample_idx: r.sample_idx,
+                response: r.response.clone(),
+                baseline: baseline.clone(),
+                p_win: verdict.p,
+                len_response: char_length(&r.response) as u32,
+                len_baseline: char_length(baseline) as u32,
+            });
         }
         let lc = lc_winrate(&len_model, &len_base, &p_win)
             .map(|r| (r.raw_winrate_pct, r.lc_winrate_pct))
@@ -306,7 +317,8 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         summaries.push(ModelSummary {
             name: name.clone(),
             path: spec.clone(),
-            prompts: p_win.len(),
+            prompts: groups.len(),
+            judged: p_win.len(),
             win_rate: lc.0,
             lc_win_rate: lc.1,
             mean_length: rows
@@ -332,11 +344,14 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
     let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     write_text(&job.out.join("summary.json"), &summary_text)?;
     write_text(&job.out.join("chart.svg"), &chart_svg(&summaries))?;
-    let timings = job
+    let mut timings = job
         .timings
         .map(read_timings)
         .transpose()?
         .unwrap_or_default();
+    // The log gets this run's time only after it ends: report our own, not an earlier run's.
+    timings.retain(|(stage, _)| stage != "evaluate");
+    timings.push(("evaluate".into(), started.elapsed().as_secs_f64()));
     write_text(
         &job.out.join("report.md"),
         &report_markdown(&summaries, &s.baseline, &judge.name(), &timings),
@@ -355,7 +370,8 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// `stage<TAB>seconds` lines; a stage run several times is summed.
+/// `stage<TAB>seconds` lines, one per run that did work (scripts/timed.sh); a stage run again,
+/// e.g. after a changed setting, reports its latest time.
 fn read_timings(path: &Path) -> Result<Vec<(String, f64)>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -369,7 +385,7 @@ fn read_timings(path: &Path) -> Result<Vec<(String, f64)>> {
         };
         let secs: f64 = secs.trim().parse().unwrap_or(0.0);
         match out.iter_mut().find(|(s, _)| s == stage) {
-            Some(e) => e.1 += secs,
+            Some(e) => e.1 = secs,
             None => out.push((stage.to_string(), secs)),
         }
     }
@@ -385,7 +401,7 @@ fn report_markdown(
     let mut md = String::new();
     md.push_str("# RSPO evaluation\n\n");
     md.push_str(&format!(
-        "Judge: `{judge}`. Baseline: `{baseline}`. Win rates are the mean P(model beats baseline) over the evaluation prompts (sample 0 of each model); LC is the length-controlled win rate (minimal GLM).\n\n"
+        "Judge: `{judge}`. Baseline: `{baseline}`. Win rates are the mean P(model beats baseline) over the evaluation prompts (each of the K samples against the baseline's sample of the same index); LC is the length-controlled win rate (minimal GLM).\n\n"
     ));
     md.push_str("| model | win rate % | LC win rate % | mean length (chars) | EOS rate | self-BLEU-3 | distinct-1 | distinct-2 | KL est. (log-ratio to ref) |\n");
     md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
