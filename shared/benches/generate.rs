@@ -4,27 +4,13 @@
 
 mod common;
 
-use rspo::model::{
-    generate, teacher_forced_logprobs, GenerationRequest, PromptResponse, SamplingParams,
-};
+use rspo::model::{generate, teacher_forced_logprobs};
 use std::time::Instant;
 
 fn main() {
     let model = common::bench_model(None);
-    let params = SamplingParams {
-        temperature: 0.7,
-        top_p: 0.9,
-        top_k: 0,
-    };
-    // Eight different 32-token prompts.
-    let requests: Vec<GenerationRequest> = (0..8u32)
-        .map(|r| GenerationRequest {
-            prompt_ids: (0..32u32)
-                .map(|i| 1 + (r * 977 + i * 131) % 31_000)
-                .collect(),
-            seed: r as u64,
-        })
-        .collect();
+    let vocab = model.cfg.vocab_size;
+    let (requests, params) = common::generate_workload(vocab);
     // Warm-up (allocations, thread pool), then the timed runs.
     generate(&model, &requests[..1], &params, 4, &[], |_| {}).expect("warm-up");
     let runs = 3;
@@ -43,20 +29,8 @@ fn main() {
         secs / runs as f64
     );
 
-    let seqs: Vec<Vec<u32>> = (0..8u32)
-        .map(|r| {
-            (0..96u32)
-                .map(|i| 1 + (r * 311 + i * 97) % 31_000)
-                .collect()
-        })
-        .collect();
-    let batch: Vec<PromptResponse> = seqs
-        .iter()
-        .map(|s| PromptResponse {
-            prompt: &s[..32],
-            response: &s[32..],
-        })
-        .collect();
+    let seqs = common::logprob_sequences(vocab);
+    let batch = common::logprob_batch(&seqs);
     teacher_forced_logprobs(&model, &batch[..1]).expect("warm-up");
     let start = Instant::now();
     let runs = 5;

@@ -13,16 +13,14 @@
 //!   backward, gradient clipping, AdamW; full fine-tuning, f32 master weights, passes in
 //!   `--dtype`.
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use rspo::model::{
-    generate, random_weights, teacher_forced_logprobs, GenerationRequest, ModelConfig,
-    PromptResponse, SamplingParams, Transformer,
-};
+use rspo::model::{generate, random_weights, teacher_forced_logprobs, ModelConfig, Transformer};
 use rspo::train::{
-    clip_grad_norm, step_gradients, AdamWConfig, Example, LossSpec, Optimizer, OptimizerKind,
-    TrainSample, TrainableModel,
+    clip_grad_norm, step_gradients, AdamWConfig, Example, Optimizer, OptimizerKind, TrainableModel,
 };
 
 struct Args {
@@ -140,26 +138,8 @@ fn main() {
     }
 }
 
-/// Token ids in 1..vocab-1 from a fixed recipe (the PyTorch side uses the same one).
-fn ids(seed: u32, len: u32, offset: u32, vocab: usize) -> Vec<u32> {
-    let top = (vocab as u32).saturating_sub(2).max(1);
-    (0..len)
-        .map(|i| 1 + (seed * 977 + (i + offset) * 131) % top)
-        .collect()
-}
-
 fn bench_generate(model: &Transformer, runs: usize, cfg: &ModelConfig) -> (usize, f64) {
-    let params = SamplingParams {
-        temperature: 0.7,
-        top_p: 0.9,
-        top_k: 0,
-    };
-    let requests: Vec<GenerationRequest> = (0..8u32)
-        .map(|r| GenerationRequest {
-            prompt_ids: ids(r, 32, 0, cfg.vocab_size),
-            seed: r as u64,
-        })
-        .collect();
+    let (requests, params) = common::generate_workload(cfg.vocab_size);
     generate(model, &requests, &params, 4, &[], |_| {}).expect("warm-up");
     let mut tokens = 0;
     let start = Instant::now();
@@ -178,16 +158,8 @@ fn bench_logprobs(
     cfg: &ModelConfig,
     sync: impl Fn(&Device),
 ) -> (usize, f64) {
-    let seqs: Vec<Vec<u32>> = (0..8u32)
-        .map(|r| ids(r + 100, 96, 0, cfg.vocab_size))
-        .collect();
-    let batch: Vec<PromptResponse> = seqs
-        .iter()
-        .map(|s| PromptResponse {
-            prompt: &s[..32],
-            response: &s[32..],
-        })
-        .collect();
+    let seqs = common::logprob_sequences(cfg.vocab_size);
+    let batch = common::logprob_batch(&seqs);
     teacher_forced_logprobs(model, &batch).expect("warm-up");
     sync(model.device());
     let start = Instant::now();
@@ -205,30 +177,8 @@ fn bench_train(
     cfg: &ModelConfig,
     sync: impl Fn(&Device),
 ) -> (usize, f64) {
-    let v = cfg.vocab_size;
-    let examples: Vec<Example> = (0..4u32)
-        .map(|p| Example {
-            prompt_id: format!("p{p}"),
-            samples: (0..2u32)
-                .map(|k| TrainSample {
-                    prompt_id: format!("p{p}"),
-                    sample_idx: k,
-                    prompt: ids(p, 32, 0, v),
-                    response: ids(p * 2 + k + 11, 96, 32, v),
-                    winrate: if k == 0 { 0.8 } else { 0.2 },
-                    // Near a random model's log-probs (96 tokens x log vocab).
-                    logp_t: -96.0 * (v as f64).ln(),
-                    logp_ref: -96.0 * (v as f64).ln() - 0.5,
-                })
-                .collect(),
-            reference: vec![],
-        })
-        .collect();
+    let (examples, spec) = common::train_workload(cfg.vocab_size);
     let batch: Vec<&Example> = examples.iter().collect();
-    let spec = LossSpec {
-        beta: 0.001,
-        regularizers: rspo::train::Preset::RspoPaper.regularizers(),
-    };
     let mut optimizer = Optimizer::new(
         OptimizerKind::AdamW(AdamWConfig::default()),
         trainable.params.clone(),

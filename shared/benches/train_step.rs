@@ -6,25 +6,17 @@
 //! as in train-step unless CANDLE_NUM_THREADS is set, and large buffers are reused from the heap
 //! as in train-step; gemm uses RAYON_NUM_THREADS threads.
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use rspo::model::{random_weights, ModelConfig};
+use common::peak_rss_mib;
+use rspo::model::random_weights;
 use rspo::train::{
-    clip_grad_norm, step_gradients, AdamWConfig, Example, LoraSpec, LossSpec, Optimizer,
-    OptimizerKind, Preset, TrainSample, TrainableModel,
+    clip_grad_norm, step_gradients, AdamWConfig, Example, LoraSpec, Optimizer, OptimizerKind,
+    TrainableModel,
 };
-
-/// Peak resident memory of this process so far (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() {
     // As the train-step binary does (CANDLE_NUM_THREADS, if set, wins; large buffers stay on
@@ -32,12 +24,7 @@ fn main() {
     rspo::stage::train_step::prefer_serial_elementwise_ops();
     let kept = rspo::stage::train_step::keep_large_allocations();
     println!("large allocations kept on the heap: {kept}");
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../bench/bench-40m.config.json"
-    );
-    let cfg = ModelConfig::from_json(&std::fs::read_to_string(path).expect("bench config"))
-        .expect("config");
+    let cfg = common::bench_config();
     let weights = random_weights(&cfg, 0.02, DType::F32, &Device::Cpu).expect("weights");
     let full = TrainableModel::full(cfg.clone(), &weights).expect("model");
     drop(weights);
@@ -61,41 +48,18 @@ fn main() {
 fn measure(trainable: &TrainableModel, label: &str) {
     let n_params: usize = trainable.params.iter().map(|(_, v)| v.elem_count()).sum();
 
-    let (prompt_len, response_len) = (32u32, 96u32);
-    let tokens = |seed: u32, len: u32, offset: u32| -> Vec<u32> {
-        (0..len)
-            .map(|i| 1 + (seed * 977 + (i + offset) * 131) % 31_000)
-            .collect()
-    };
-    let examples: Vec<Example> = (0..4u32)
-        .map(|p| Example {
-            prompt_id: format!("p{p}"),
-            samples: (0..2u32)
-                .map(|k| TrainSample {
-                    prompt_id: format!("p{p}"),
-                    sample_idx: k,
-                    prompt: tokens(p, prompt_len, 0),
-                    response: tokens(p * 2 + k + 11, response_len, prompt_len),
-                    winrate: if k == 0 { 0.8 } else { 0.2 },
-                    // Near a random model's log-probs (96 tokens x log 32000).
-                    logp_t: -996.0,
-                    logp_ref: -996.5,
-                })
-                .collect(),
-            reference: vec![],
-        })
-        .collect();
+    let (examples, spec) = common::train_workload(trainable.model.cfg.vocab_size);
     let batch: Vec<&Example> = examples.iter().collect();
-    let spec = LossSpec {
-        beta: 0.001,
-        regularizers: Preset::RspoPaper.regularizers(),
-    };
     let mut optimizer = Optimizer::new(
         OptimizerKind::AdamW(AdamWConfig::default()),
         trainable.params.clone(),
     )
     .expect("optimizer");
-    let step_tokens = 8 * (prompt_len + response_len) as usize;
+    let step_tokens: usize = examples
+        .iter()
+        .flat_map(|e| &e.samples)
+        .map(|s| s.prompt.len() + s.response.len())
+        .sum();
     let mut run = |timed: bool| -> [f64; 3] {
         let t0 = Instant::now();
         let mut out =
