@@ -275,16 +275,16 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
                     )
                 })?;
             let reference = references.get(r.prompt_id.as_str()).copied().flatten();
+            // Both sides carry the sample's index: a judge error names the sample it met.
             let a = JudgeItem {
                 prompt_id: &r.prompt_id,
-                sample_idx: 0,
+                sample_idx: r.sample_idx,
                 messages: &r.messages,
                 response: &r.response,
                 reference,
             };
             let b = JudgeItem {
                 response: baseline,
-                sample_idx: 1,
                 ..a
             };
             let verdict = judge.compare(&a, &b)?;
