@@ -448,18 +448,23 @@ fn bf16_compute_keeps_f32_masters_and_matches_pytorch_loosely() {
     println!("{report}");
 }
 
+/// The oracle's samples, best and worst per prompt, under the plain self-play loss at beta 0.1:
+/// the setting of the mixed-precision training tests.
+fn self_play_examples() -> (LossSpec, Vec<rspo::train::Example>) {
+    let spec = LossSpec {
+        beta: 0.1,
+        regularizers: vec![],
+    };
+    let examples = oracle_examples(&rows(&oracle()), &spec, Selection::BestWorst);
+    (spec, examples)
+}
+
 /// Training steps with bf16 passes move the loss as f32 passes do, the f32 masters keep
 /// updates below bf16's resolution, and the optimizer state is f32 with no master copy of its
 /// own (the parameters are the masters).
 #[test]
 fn bf16_steps_move_the_loss_as_f32_steps_do() {
-    let o = oracle();
-    let r = rows(&o);
-    let spec = LossSpec {
-        beta: 0.1,
-        regularizers: vec![],
-    };
-    let examples = oracle_examples(&r, &spec, Selection::BestWorst);
+    let (spec, examples) = self_play_examples();
     let refs: Vec<_> = examples.iter().collect();
     let run = |trainable: &TrainableModel| -> (Vec<f64>, Optimizer) {
         let mut opt = Optimizer::new(
@@ -529,13 +534,7 @@ fn bf16_steps_move_the_loss_as_f32_steps_do() {
 /// gradients through their bf16 casts, and the merged checkpoint in bf16.
 #[test]
 fn bf16_lora_trains_f32_adapters() {
-    let o = oracle();
-    let r = rows(&o);
-    let spec = LossSpec {
-        beta: 0.1,
-        regularizers: vec![],
-    };
-    let examples = oracle_examples(&r, &spec, Selection::BestWorst);
+    let (spec, examples) = self_play_examples();
     let refs: Vec<_> = examples.iter().collect();
     let ck = Checkpoint::open(&fixture("rspo-oracle/policy")).unwrap();
     let w = Weights::load(&ck.dir, DType::F32, &test_device()).unwrap();
