@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Parser;
 use rspo::stage::score::{self, ScoreJob, ScoreSettings};
-use rspo::stage::{set, Outcome, Settings};
+use rspo::stage::{parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
 /// Judge the K samples of every prompt in pairs.
@@ -42,100 +42,29 @@ struct Cli {
     /// Output preferences.parquet.
     #[arg(long)]
     out: PathBuf,
-    /// reward-model, pairrm, rule:length, rule:contains or rule:exact-match
-    /// [default: reward-model].
-    #[arg(long)]
-    judge: Option<String>,
-    /// reward-model, pairrm: the judge, a Hugging Face model directory or Hub id.
-    #[arg(long, value_name = "DIR_OR_HUB_ID")]
-    judge_model: Option<String>,
-    /// pairrm: pairwise (mean of both orders) or sppo (group-aggregated) [default: pairwise].
-    #[arg(long)]
-    pairrm_mode: Option<String>,
-    /// pairrm: token limit of the source (the prompt) [default: 1224].
-    #[arg(long)]
-    source_max_length: Option<usize>,
-    /// pairrm: token limit of each candidate [default: 412].
-    #[arg(long)]
-    candidate_max_length: Option<usize>,
-    /// Scalar judges: p_ij = sigmoid((r_i - r_j) / temperature) [default: 1].
-    #[arg(long)]
-    temperature: Option<f64>,
-    /// rule:length: the ideal response length in characters.
-    #[arg(long, value_name = "N")]
-    target: Option<usize>,
-    /// rule:contains: a regular expression (Rust `regex` syntax) searched in the response.
-    #[arg(long, value_name = "REGEX")]
-    pattern: Option<String>,
     /// rule:exact-match: a prompts file whose `reference` column holds each prompt's answer
-    /// (needed because samples.parquet has no reference column). Options of one judge are
-    /// ignored by the others.
+    /// (samples.parquet has no reference column).
     #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
     /// Where scalar judges write their scores [default: scores.parquet in the folder of --out].
     #[arg(long, value_name = "FILE")]
     scores_out: Option<PathBuf>,
-    /// Responses judged per step, one resumable chunk; does not change any score [default: 8].
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// reward-model: cpu, cuda or cuda:N [default: cpu].
-    #[arg(long)]
-    device: Option<String>,
-    /// reward-model: f32 or bf16 [default: f32 on CPU, bf16 on CUDA].
-    #[arg(long)]
-    dtype: Option<String>,
-    /// The judgment cache folder [default: $RSPO_CACHE_DIR, else $XDG_CACHE_HOME/rspo, else
-    /// ~/.cache/rspo]; judgments go to its judgments/ subfolder.
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Neither read nor write the judgment cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Pipeline config (TOML); its [score] section sets defaults for the flags above (keys
-    /// judge, judge_model, temperature, target, pattern, batch_size, device, dtype, cache_dir,
-    /// cache).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Redo the work even if the outputs are up to date.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten, next_help_heading = "Settings (also the [score] section of --config)")]
+    settings: ScoreSettings,
+    #[command(flatten)]
+    run: StageFlags,
 }
 
 fn main() -> Result<()> {
-    let a = Cli::parse();
-    let mut s = ScoreSettings::from_config(a.config.as_deref())?;
-    set(&mut s.judge, a.judge);
-    if a.judge_model.is_some() {
-        s.judge_model = a.judge_model;
-    }
-    set(&mut s.temperature, a.temperature);
-    set(&mut s.pairrm_mode, a.pairrm_mode);
-    set(&mut s.source_max_length, a.source_max_length);
-    set(&mut s.candidate_max_length, a.candidate_max_length);
-    if a.target.is_some() {
-        s.target = a.target;
-    }
-    if a.pattern.is_some() {
-        s.pattern = a.pattern;
-    }
-    set(&mut s.batch_size, a.batch_size);
-    set(&mut s.device, a.device);
-    if a.dtype.is_some() {
-        s.dtype = a.dtype;
-    }
-    if a.cache_dir.is_some() {
-        s.cache_dir = a.cache_dir;
-    }
-    if a.no_cache {
-        s.cache = false;
-    }
+    let (a, matches) = parse_command_line::<Cli>();
+    let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
     let r = score::score(&ScoreJob {
         samples: &a.samples,
         out: &a.out,
         scores_out: a.scores_out.as_deref(),
         prompts: a.prompts.as_deref(),
         settings: &s,
-        force: a.force,
+        force: a.run.force,
     })?;
     match r.outcome {
         Outcome::UpToDate => eprintln!("score: {} is up to date", r.preferences.display()),

@@ -21,6 +21,7 @@ mod position_disagreement;
 mod preference_matrix;
 mod reward_model;
 pub mod rules;
+mod settings;
 mod scalar_scores;
 mod traits;
 mod winrate;
@@ -39,6 +40,7 @@ pub use position_disagreement::{
 };
 pub use preference_matrix::{PairPreference, PreferenceError, PreferenceMatrix};
 pub use reward_model::{reward_scores, RewardModelJudge};
+pub use settings::JudgeSettings;
 pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
 pub use traits::{
     judge_digest, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,

@@ -19,39 +19,46 @@ use crate::data::{
 use crate::eval::{char_length, diversity, lc_winrate};
 use crate::judge::JudgeItem;
 
-/// The `[evaluate]` section of a pipeline config; flags override it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[evaluate]` section of a pipeline file; flags override it. The judge's settings come
+/// from `[score]`.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct EvaluateSettings {
-    /// Samples per prompt: each is judged against the baseline, and all K measure diversity.
+    /// Samples per prompt: each is judged against the baseline's sample of the same index, and
+    /// all K measure diversity (self-BLEU needs K >= 2).
+    #[arg(long, default_value_t = 4)]
     pub k: u32,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
+    /// Response length limit in tokens.
+    #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// The sampling seed.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Rows decoded together; never changes the output.
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// cpu, cuda or cuda:N, for the models and the judge.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// f32 or bf16 [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long)]
     pub dtype: Option<String>,
     /// `reference` (the prompts' reference answers) or a model directory / Hub id.
+    #[arg(long, default_value = "reference")]
     pub baseline: String,
-    /// pi_ref for the log-ratio (KL) estimate; default: the first of --models.
+    /// pi_ref for the log-ratio (KL) estimate [default: the first of --models].
+    #[arg(long, value_name = "DIR_OR_HUB_ID")]
     pub reference_model: Option<String>,
 }
 
 impl Default for EvaluateSettings {
     fn default() -> Self {
-        EvaluateSettings {
-            k: 4,
-            temperature: 0.7,
-            top_p: 0.9,
-            max_new_tokens: 256,
-            seed: 0,
-            batch_size: 8,
-            device: "cpu".into(),
-            dtype: None,
-            baseline: "reference".into(),
-            reference_model: None,
-        }
+        Self::defaults()
     }
 }
 

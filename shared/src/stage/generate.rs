@@ -21,45 +21,47 @@ use crate::model::{
     SamplingParams,
 };
 
-/// The `[generate]` section of a pipeline config; flags override it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[generate]` section of a pipeline file; flags override it.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct GenerateSettings {
     /// Samples per prompt.
+    #[arg(long, default_value_t = 5)]
     pub k: u32,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
-    /// 0 keeps every token.
+    /// Keep only the k most likely tokens; 0 keeps every token.
+    #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Response length limit in tokens.
+    #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// The run seed; each row's seed is blake3(seed, prompt_id, sample_idx, iteration).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The RSPO iteration (part of each row's seed).
+    #[arg(long, default_value_t = 1)]
     pub iteration: u32,
-    /// Rows decoded (or scored, for log-probs) together.
+    /// Rows decoded (or scored, for log-probs) together; never changes the output.
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Read prompts from this column instead of `prompt` / `messages`.
+    #[arg(long, value_name = "COLUMN")]
     pub prompt_column: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32 or bf16; default f32 on CPU, bf16 on CUDA.
+    /// f32 or bf16 [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long)]
     pub dtype: Option<String>,
 }
 
 impl Default for GenerateSettings {
     fn default() -> Self {
-        GenerateSettings {
-            k: 5,
-            temperature: 0.7,
-            top_p: 0.9,
-            top_k: 0,
-            max_new_tokens: 512,
-            seed: 0,
-            iteration: 1,
-            batch_size: 8,
-            prompt_column: None,
-            device: "cpu".into(),
-            dtype: None,
-        }
+        Self::defaults()
     }
 }
 

@@ -13,4 +13,6 @@ pub mod winrate;
 
 pub use context::{content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput};
 pub use progress::Progress;
-pub use settings::{load_section, set, Settings};
+pub use settings::{
+    flag_given, known_sections, make_variables, parse_command_line, PipelineFile, PipelineSettings, Settings, StageFlags,
+};

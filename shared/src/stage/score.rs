@@ -23,60 +23,42 @@ use crate::judge::{
     preference_from_scores, Judge, JudgeItem, JudgmentCache, PairVerdict, PairwiseJudge,
     RewardModelJudge, ScalarJudge,
 };
-use crate::judge::{PairRm, PairRmJudge, PairRmLengths, PairRmMode, PairRmOptions};
+use crate::judge::{JudgeSettings, PairRm, PairRmJudge, PairRmLengths, PairRmMode, PairRmOptions};
 
-/// The `[score]` section of a pipeline config; flags override it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[score]` section of a pipeline file; flags override it. `evaluate` judges with these
+/// settings too.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct ScoreSettings {
-    /// `reward-model`, `rule:length`, `rule:contains` or `rule:exact-match`.
-    pub judge: String,
-    /// The reward model (directory or Hub id) of `reward-model`.
-    pub judge_model: Option<String>,
-    /// Scalar judges: `p_ij = sigmoid((r_i - r_j) / temperature)`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub judging: JudgeSettings,
+    /// Scalar judges: p_ij = sigmoid((r_i - r_j) / temperature).
+    #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
-    /// `rule:length`: the ideal response length in characters.
-    pub target: Option<usize>,
-    /// `rule:contains`: the regular expression a good response matches.
-    pub pattern: Option<String>,
-    /// Responses handed to the judge at once (one resumable chunk). Reward-model scores do not
-    /// depend on it: each response runs through the model alone.
+    /// Responses judged per step, one resumable chunk; never changes a score (each response
+    /// runs through a reward model alone).
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32 or bf16; default f32 on CPU, bf16 on CUDA.
+    /// f32 or bf16 [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long)]
     pub dtype: Option<String>,
-    /// The judgment cache folder; default `rspo::data::default_cache_dir()`.
-    pub cache_dir: Option<PathBuf>,
-    /// Use the judgment cache (read and write).
-    pub cache: bool,
-    /// pairrm: `pairwise` (mean of both orders) or `sppo` (the group's aggregated scores).
-    pub pairrm_mode: String,
-    /// pairrm: token limits of the source and of each candidate (PairRM-hf's defaults).
-    pub source_max_length: usize,
-    pub candidate_max_length: usize,
 }
 
 impl Default for ScoreSettings {
     fn default() -> Self {
-        ScoreSettings {
-            judge: "reward-model".into(),
-            judge_model: None,
-            temperature: 1.0,
-            target: None,
-            pattern: None,
-            batch_size: 8,
-            device: "cpu".into(),
-            dtype: None,
-            cache_dir: None,
-            cache: true,
-            pairrm_mode: "pairwise".into(),
-            source_max_length: 1224,
-            candidate_max_length: 412,
-        }
+        Self::defaults()
     }
 }
 
 impl Settings for ScoreSettings {
+    const SECTION: &'static str = "score";
+}
+
+/// `evaluate` takes the judge's flags alone, and the rest of `[score]` from the file.
+impl Settings for JudgeSettings {
     const SECTION: &'static str = "score";
 }
 
@@ -244,16 +226,16 @@ fn check_settings(s: &ScoreSettings, kind: JudgeKind) -> Result<()> {
     );
     match kind {
         JudgeKind::RewardModel | JudgeKind::PairRm => ensure!(
-            s.judge_model.is_some(),
+            s.judging.judge_model.is_some(),
             "--judge {} needs --judge-model DIR_OR_HUB_ID",
             kind.as_str()
         ),
         JudgeKind::RuleLength => ensure!(
-            s.target.is_some(),
+            s.judging.target.is_some(),
             "--judge rule:length needs --target N (characters)"
         ),
         JudgeKind::RuleContains => ensure!(
-            s.pattern.is_some(),
+            s.judging.pattern.is_some(),
             "--judge rule:contains needs --pattern REGEX"
         ),
         // Its references come with the prompts (`score --prompts`, evaluate's prompt file).
@@ -264,7 +246,7 @@ fn check_settings(s: &ScoreSettings, kind: JudgeKind) -> Result<()> {
 
 /// `score` with the judge `settings.judge` names.
 pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
-    let kind = JudgeKind::parse(&job.settings.judge)?;
+    let kind = JudgeKind::parse(&job.settings.judging.judge)?;
     ensure!(
         kind != JudgeKind::RuleExactMatch || job.prompts.is_some(),
         "--judge rule:exact-match needs --prompts FILE (the samples file has no reference answers)"
@@ -287,7 +269,7 @@ pub struct JudgeSpec {
 
 /// Resolves the judge `--judge` and its options name (`evaluate` builds its judge here too).
 pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
-    let kind = JudgeKind::parse(&s.judge)?;
+    let kind = JudgeKind::parse(&s.judging.judge)?;
     check_settings(s, kind)?;
     let t = s.temperature;
     let scalar = move |judge: Box<dyn ScalarJudge>| Judge::Scalar {
@@ -296,7 +278,7 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
     };
     Ok(match kind {
         JudgeKind::RewardModel => {
-            let spec = s.judge_model.clone().unwrap_or_default();
+            let spec = s.judging.judge_model.clone().unwrap_or_default();
             let device = parse_device(&s.device)?;
             let dtype = dtype_for(s.dtype.as_deref(), &device)?;
             // Resolve (download) and fingerprint the model, but load its weights only if
@@ -321,7 +303,7 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
             }
         }
         JudgeKind::RuleLength => {
-            let target = s.target.unwrap_or_default();
+            let target = s.judging.target.unwrap_or_default();
             JudgeSpec {
                 content: json!({"judge": kind.as_str(), "target": target, "temperature": t}),
                 models: vec![],
@@ -330,7 +312,7 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
             }
         }
         JudgeKind::RuleContains => {
-            let pattern = s.pattern.clone().unwrap_or_default();
+            let pattern = s.judging.pattern.clone().unwrap_or_default();
             // Compile now: a bad pattern fails before anything is read.
             let rule = ContainsRule::new(&pattern)?;
             JudgeSpec {
@@ -347,8 +329,9 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
             load: Box::new(move || Ok(scalar(Box::new(ExactMatchRule)))),
         },
         JudgeKind::PairRm => {
-            let spec = s.judge_model.clone().unwrap_or_default();
+            let spec = s.judging.judge_model.clone().unwrap_or_default();
             let mode: PairRmMode = s
+                .judging
                 .pairrm_mode
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--pairrm-mode {e}"))?;
@@ -357,8 +340,8 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
             let dir = resolve_model(&spec)?;
             let reference = model_ref(&dir)?;
             let lengths = PairRmLengths {
-                source_max_length: s.source_max_length,
-                candidate_max_length: s.candidate_max_length,
+                source_max_length: s.judging.source_max_length,
+                candidate_max_length: s.judging.candidate_max_length,
             };
             let name = format!("pairrm:{}", model_name(&spec));
             let digest = reference.digest.clone();
@@ -367,8 +350,8 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
                 content: json!({
                     "judge": kind.as_str(),
                     "mode": mode.to_string(),
-                    "source_max_length": s.source_max_length,
-                    "candidate_max_length": s.candidate_max_length,
+                    "source_max_length": s.judging.source_max_length,
+                    "candidate_max_length": s.judging.candidate_max_length,
                     "dtype": format!("{dtype:?}").to_lowercase(),
                 }),
                 models: vec![("judge", reference)],
@@ -569,8 +552,8 @@ pub fn score_with_judge(
             judge.name()
         );
     }
-    let mut cache = if s.cache && judge.cacheable() {
-        let dir = s.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let mut cache = if s.judging.cache && judge.cacheable() {
+        let dir = s.judging.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let c = JudgmentCache::open(&dir, &judge.digest())?;
         report.cache = Some(c.path().to_path_buf());
         Some(c)
@@ -994,12 +977,13 @@ pub(crate) mod tests {
     }
 
     fn length_settings(tmp: &Tmp, target: usize) -> ScoreSettings {
-        ScoreSettings {
-            judge: "rule:length".into(),
-            target: Some(target),
-            batch_size: 3,
-            cache_dir: Some(tmp.path("cache")),
-            ..ScoreSettings::default()
+        {
+            let mut s = ScoreSettings::default();
+            s.judging.judge = "rule:length".into();
+            s.judging.target = Some(target);
+            s.batch_size = 3;
+            s.judging.cache_dir = Some(tmp.path("cache"));
+            s
         }
     }
 
@@ -1118,9 +1102,10 @@ pub(crate) mod tests {
             )
         );
         // Without the cache, the same bytes again.
-        let no_cache = ScoreSettings {
-            cache: false,
-            ..s.clone()
+        let no_cache = {
+            let mut s = s.clone();
+            s.judging.cache = false;
+            s
         };
         let mut forced = job(&tmp, &no_cache, &samples, &out);
         forced.force = true;
@@ -1150,9 +1135,10 @@ pub(crate) mod tests {
         let out = tmp.path("p1.parquet");
         let s = length_settings(&tmp, 4);
         score(&job(&tmp, &s, &samples, &out)).unwrap();
-        let hot = ScoreSettings {
-            temperature: 2.0,
-            ..s.clone()
+        let hot = {
+            let mut s = s.clone();
+            s.temperature = 2.0;
+            s
         };
         let out2 = tmp.path("p2.parquet");
         let r = score(&ScoreJob {
@@ -1182,9 +1168,10 @@ pub(crate) mod tests {
             .collect();
         write_samples(&samples, &rows);
         let out = tmp.path("preferences.parquet");
-        let s = ScoreSettings {
-            cache: false,
-            ..length_settings(&tmp, 1)
+        let s = {
+            let mut s = length_settings(&tmp, 1);
+            s.judging.cache = false;
+            s
         };
         let uninterrupted = score(&job(&tmp, &s, &samples, &out)).unwrap();
         assert_eq!(uninterrupted.judged, 6);
@@ -1271,10 +1258,11 @@ pub(crate) mod tests {
         )
         .unwrap();
         let out = tmp.path("preferences.parquet");
-        let s = ScoreSettings {
-            judge: "rule:exact-match".into(),
-            cache_dir: Some(tmp.path("cache")),
-            ..ScoreSettings::default()
+        let s = {
+            let mut s = ScoreSettings::default();
+            s.judging.judge = "rule:exact-match".into();
+            s.judging.cache_dir = Some(tmp.path("cache"));
+            s
         };
         let err = score(&job(&tmp, &s, &samples, &out)).unwrap_err();
         assert!(
@@ -1366,9 +1354,10 @@ pub(crate) mod tests {
             &[sample("a", 0, "x"), sample("a", 2, "y")],
             &["sample_idx = [0, 2]", "expected 0..1"],
         );
-        let no_target = ScoreSettings {
-            target: None,
-            ..s.clone()
+        let no_target = {
+            let mut s = s.clone();
+            s.judging.target = None;
+            s
         };
         expect_error(
             &tmp,
@@ -1376,11 +1365,12 @@ pub(crate) mod tests {
             &[sample("a", 0, "x"), sample("a", 1, "y")],
             &["--target N"],
         );
-        let bad_regex = ScoreSettings {
-            judge: "rule:contains".into(),
-            target: None,
-            pattern: Some("(".into()),
-            ..s.clone()
+        let bad_regex = {
+            let mut s = s.clone();
+            s.judging.judge = "rule:contains".into();
+            s.judging.target = None;
+            s.judging.pattern = Some("(".into());
+            s
         };
         expect_error(
             &tmp,
@@ -1388,9 +1378,10 @@ pub(crate) mod tests {
             &[sample("a", 0, "x"), sample("a", 1, "y")],
             &["--pattern \"(\""],
         );
-        let unknown = ScoreSettings {
-            judge: "oracle".into(),
-            ..s.clone()
+        let unknown = {
+            let mut s = s.clone();
+            s.judging.judge = "oracle".into();
+            s
         };
         expect_error(
             &tmp,
@@ -1398,10 +1389,11 @@ pub(crate) mod tests {
             &[sample("a", 0, "x"), sample("a", 1, "y")],
             &["--judge oracle", "reward-model"],
         );
-        let no_model = ScoreSettings {
-            judge: "reward-model".into(),
-            target: None,
-            ..s.clone()
+        let no_model = {
+            let mut s = s.clone();
+            s.judging.judge = "reward-model".into();
+            s.judging.target = None;
+            s
         };
         expect_error(
             &tmp,
@@ -1452,33 +1444,6 @@ pub(crate) mod tests {
             "{msg}"
         );
         assert!(!tmp.path("bad").exists());
-    }
-
-    #[test]
-    fn settings_come_from_the_score_and_winrate_sections() {
-        let tmp = Tmp::new("config");
-        let path = tmp.path("pipeline.toml");
-        std::fs::write(
-            &path,
-            "[score]\njudge = \"rule:length\"\ntarget = 40\ntemperature = 0.5\n\n[winrate]\nexclude_self = true\n",
-        )
-        .unwrap();
-        let s = ScoreSettings::from_config(Some(&path)).unwrap();
-        assert_eq!(
-            (
-                s.judge.as_str(),
-                s.target,
-                s.temperature,
-                s.batch_size,
-                s.cache
-            ),
-            ("rule:length", Some(40), 0.5, 8, true)
-        );
-        let w = crate::stage::winrate::WinrateSettings::from_config(Some(&path)).unwrap();
-        assert!(w.exclude_self);
-        std::fs::write(&path, "[score]\njudg = \"x\"\n").unwrap();
-        let err = format!("{:#}", ScoreSettings::from_config(Some(&path)).unwrap_err());
-        assert!(err.contains("[score]") && err.contains("judg"), "{err}");
     }
 
     #[test]
@@ -1541,9 +1506,10 @@ pub(crate) mod tests {
             ],
         );
         let out = tmp.path("preferences.parquet");
-        let s = ScoreSettings {
-            cache_dir: Some(tmp.path("cache")),
-            ..ScoreSettings::default()
+        let s = {
+            let mut s = ScoreSettings::default();
+            s.judging.cache_dir = Some(tmp.path("cache"));
+            s
         };
         let run = |force: bool| {
             score_with_judge(

@@ -71,71 +71,77 @@ pub fn keep_large_allocations() -> bool {
     }
 }
 
-/// The `[train-step]` section of a pipeline config; flags override it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[train-step]` section of a pipeline file; flags override it.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct TrainStepSettings {
     /// `sppo` (no regularizer) or `rspo-paper` (forward_kl_is 0.1 clip 10 + reverse_kl 0.5).
+    #[arg(long)]
     pub preset: Option<String>,
-    /// Regularizers `KIND=COEF[,clip=C]`, added to the preset's.
+    /// A regularizer `KIND=COEF[,clip=C]`, added to the preset's (repeat the flag for more).
+    /// Kinds: reverse_kl, forward_kl (needs --reference-samples), forward_kl_is, chi2.
+    #[arg(long = "term", value_name = "KIND=COEF[,clip=C]")]
     pub terms: Vec<String>,
     /// Self-play temperature; eta = 1 / beta.
+    #[arg(long, default_value_t = 0.001)]
     pub beta: f64,
+    /// best_worst (the best and worst sample of each prompt, as SPPO) or all.
+    #[arg(long, default_value = "best_worst")]
     pub selection: Selection,
-    /// `adamw` or `rmsprop`.
+    /// adamw or rmsprop.
+    #[arg(long, default_value = "rmsprop")]
     pub optimizer: String,
+    /// Peak learning rate (linear warmup, then linear decay to 0).
+    #[arg(long, default_value_t = 5e-7)]
     pub lr: f64,
+    /// Share of the optimizer steps spent warming up.
+    #[arg(long, default_value_t = 0.1)]
     pub warmup_ratio: f64,
     /// Weight decay: decoupled for AdamW, an L2 term for RMSprop (Hugging Face's default 0).
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// Passes over the examples.
+    #[arg(long, default_value_t = 1)]
     pub epochs: usize,
     /// Examples (prompts with their selected samples) per optimizer step.
+    #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Sequences run through the model at once; default: the whole step. Never changes the
+    /// Sequences run through the model at once [default: the whole step]. Never changes the
     /// result, only memory.
+    #[arg(long)]
     pub micro_batch_size: Option<usize>,
+    /// Clip the gradient's global L2 norm to this.
+    #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
     /// Shuffling and LoRA initialisation.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// LoRA rank; none: full fine-tuning.
+    /// LoRA rank [default: none, full fine-tuning].
+    #[arg(long)]
     pub lora_rank: Option<usize>,
-    /// LoRA alpha (scale alpha / r); PEFT's default 8.
+    /// LoRA alpha (scale alpha / r); PEFT's default.
+    #[arg(long, default_value_t = 8.0)]
     pub lora_alpha: f64,
+    /// LoRA target modules, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = ["q_proj".to_string(), "v_proj".to_string()])]
     pub lora_targets: Vec<String>,
     /// With LoRA, also write the merged full checkpoint to `model/`.
+    #[arg(long)]
     pub merge: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32 or bf16; default f32 on CPU, bf16 on CUDA (with f32 optimizer state and master
-    /// weights).
+    /// f32 or bf16 [default: f32 on CPU; bf16 on CUDA, with f32 optimizer state and master
+    /// weights].
+    #[arg(long)]
     pub dtype: Option<String>,
     /// Save the resumable state every this many optimizer steps (and after the last).
+    #[arg(long, default_value_t = 1)]
     pub state_every: usize,
 }
 
 impl Default for TrainStepSettings {
     fn default() -> Self {
-        TrainStepSettings {
-            preset: None,
-            terms: Vec::new(),
-            beta: 0.001,
-            selection: Selection::BestWorst,
-            optimizer: "rmsprop".into(),
-            lr: 5e-7,
-            warmup_ratio: 0.1,
-            weight_decay: 0.0,
-            epochs: 1,
-            batch_size: 64,
-            micro_batch_size: None,
-            max_grad_norm: 1.0,
-            seed: 0,
-            lora_rank: None,
-            lora_alpha: 8.0,
-            lora_targets: vec!["q_proj".into(), "v_proj".into()],
-            merge: false,
-            device: "cpu".into(),
-            dtype: None,
-            state_every: 1,
-        }
+        Self::defaults()
     }
 }
 
