@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use rspo::stage::winrate::{self, WinrateJob, WinrateSettings};
+use rspo::stage::estimate_winrate::{self, WinrateJob, WinrateSettings};
 use rspo::stage::{Outcome, Settings};
 use std::path::PathBuf;
 
@@ -45,7 +45,7 @@ fn main() -> Result<()> {
     if a.exclude_self {
         s.exclude_self = true;
     }
-    let r = winrate::estimate_winrate(&WinrateJob {
+    let r = estimate_winrate::estimate_winrate(&WinrateJob {
         preferences: &a.preferences,
         out: &a.out,
         settings: &s,
