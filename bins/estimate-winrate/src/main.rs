@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use rspo::stage::winrate::{self, WinrateJob, WinrateSettings};
+use rspo::stage::estimate_winrate::{self, WinrateJob, WinrateSettings};
 use rspo::stage::{parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
@@ -37,7 +37,7 @@ struct Cli {
 fn main() -> Result<()> {
     let (a, matches) = parse_command_line::<Cli>();
     let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
-    let r = winrate::estimate_winrate(&WinrateJob {
+    let r = estimate_winrate::estimate_winrate(&WinrateJob {
         preferences: &a.preferences,
         out: &a.out,
         settings: &s,

@@ -13,21 +13,7 @@ use std::path::PathBuf;
 /// p_ij = sigmoid((r_i - r_j) / temperature); they also write scores.parquet (one score per
 /// sample) beside --out unless --scores-out says otherwise.
 ///
-/// Judges (--judge):
-///   reward-model      a *ForSequenceClassification checkpoint (--judge-model) scores the
-///                     conversation (prompt messages + the response as the assistant turn)
-///                     rendered with the judge's own chat template
-///   pairrm            llm-blender's PairRM (PairRM-hf layout, --judge-model, e.g.
-///                     llm-blender/PairRM-hf), the paper's judge: compares the two responses
-///                     of a pair directly, in both orders; --pairrm-mode pairwise (default)
-///                     takes p = mean of the two orders, sppo Bradley-Terry on the group's
-///                     mean logit differences as SPPO's pipeline did; p_forward/p_swapped
-///                     keep each order's verdict
-///   rule:length       score = -|characters - N| (--target N): closest to N is best
-///   rule:contains     score = 1 if the response matches --pattern REGEX, else 0
-///   rule:exact-match  score = 1 if the response equals the prompt's reference answer
-///                     (surrounding whitespace ignored), else 0; samples files have no
-///                     reference, so it reads them from --prompts FILE
+/// The judges and what each one reads are listed under --judge (`score --help`).
 ///
 /// Judgments are cached (blake3 of prompt, response, judge digest and settings) under
 /// <cache dir>/judgments/, so a response seen before is not judged again; the run says how

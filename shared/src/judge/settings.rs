@@ -2,13 +2,20 @@
 //! keys of the pipeline file's `[score]` section that choose the judge.
 
 use serde::{Deserialize, Serialize};
+
+use super::registry::judges_help;
+
+/// `--judge`'s long help: every judge of the registry with its description.
+fn judge_flag_help() -> String {
+    format!("The judge, one of:\n{}", judges_help().trim_end())
+}
 use std::path::PathBuf;
 
 /// The judge and its options (a judge reads the ones it needs and ignores the rest).
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct JudgeSettings {
-    /// The judge: reward-model, pairrm, rule:length, rule:contains or rule:exact-match.
-    #[arg(long, default_value = "reward-model")]
+    /// The judge (`--help` lists them).
+    #[arg(long, default_value = "reward-model", long_help = judge_flag_help())]
     pub judge: String,
     /// reward-model, pairrm: the judge's model, a Hugging Face directory or Hub id.
     #[arg(long, value_name = "DIR_OR_HUB_ID")]

@@ -47,6 +47,10 @@ pub enum JudgeError {
     },
     #[error("judgment cache {path}: {message}")]
     Cache { path: String, message: String },
+    /// An answer a stage cannot use: a wrong count, a score that is not finite, a probability
+    /// outside [0, 1].
+    #[error("{judge} {message}")]
+    BadVerdict { judge: String, message: String },
 }
 
 /// A judge that gives each response a score on its own; higher is better.
@@ -124,14 +128,19 @@ pub trait PairwiseJudge: Send + Sync {
     /// Every pair i < j of one prompt's responses, in the order (0,1), (0,2), .., (1,2), ..
     /// Judges that see the whole group at once (PairRM's aggregated mode) override this.
     fn compare_group(&self, items: &[JudgeItem<'_>]) -> Result<Vec<PairVerdict>, JudgeError> {
-        let mut out = Vec::with_capacity(items.len() * items.len().saturating_sub(1) / 2);
-        for i in 0..items.len() {
-            for j in i + 1..items.len() {
-                out.push(self.compare(&items[i], &items[j])?);
-            }
-        }
-        Ok(out)
+        pairs_of(items.len())
+            .into_iter()
+            .map(|(i, j)| self.compare(&items[i], &items[j]))
+            .collect()
     }
+}
+
+/// Every pair i < j of K samples in the order (0,1), (0,2), .., (1,2), ..: the order of
+/// [`PairwiseJudge::compare_group`]'s verdicts and of a prompt's rows in preferences.parquet.
+pub fn pairs_of(k: usize) -> Vec<(usize, usize)> {
+    (0..k)
+        .flat_map(|i| (i + 1..k).map(move |j| (i, j)))
+        .collect()
 }
 
 /// Either kind of judge, as stages hold it.
@@ -199,4 +208,30 @@ pub fn judge_digest(kind: &str, model_digest: Option<&str>, settings: &Value) ->
         h.update(part.as_bytes());
     }
     h.finalize().to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::rules::LengthRule;
+
+    #[test]
+    fn a_judge_compares_two_responses_for_evaluation() {
+        let judge = Judge::Scalar {
+            judge: Box::new(LengthRule { target: 3 }),
+            temperature: 2.0,
+        };
+        let m = [Message::user("q")];
+        let item = |response| JudgeItem {
+            prompt_id: "q",
+            sample_idx: 0,
+            messages: &m,
+            response,
+            reference: None,
+        };
+        // Scores 0 and -2: sigmoid(2 / 2).
+        let v = judge.compare(&item("abc"), &item("a")).unwrap();
+        assert!((v.p - crate::judge::sigmoid(1.0)).abs() < 1e-15);
+        assert_eq!((v.p_forward, v.p_swapped), (None, None));
+    }
 }

@@ -2,14 +2,11 @@
 //! those samples under a model (`logprobs`), and joining shard outputs (`merge`).
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::context::{
-    content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput,
-};
+use super::context::{content_config, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -17,9 +14,11 @@ use crate::data::{
     FinishReason, LogprobRow, PromptOptions, SampleRow,
 };
 use crate::model::{
-    generate, teacher_forced_logprobs, Checkpoint, Finish, GenerationRequest, PromptResponse,
-    SamplingParams,
+    dtype_name, generate, model_ref, parse_device, resolve_model, teacher_forced_logprobs,
+    Checkpoint, Finish, GenerationRequest, PromptResponse, SamplingParams,
 };
+// Also train_step.rs's import of it (it lives in model/device.rs).
+pub(super) use crate::model::dtype_for;
 
 /// The `[generate]` section of a pipeline file; flags override it.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
@@ -103,16 +102,6 @@ impl Shard {
     fn range(&self, n: usize) -> std::ops::Range<usize> {
         let (i, c) = (self.index as usize, self.count as usize);
         i * n / c..(i + 1) * n / c
-    }
-}
-
-pub fn dtype_for(setting: Option<&str>, device: &Device) -> Result<DType> {
-    match setting {
-        None if device.is_cuda() => Ok(DType::BF16),
-        None | Some("f32") | Some("float32") => Ok(DType::F32),
-        Some("bf16") | Some("bfloat16") => Ok(DType::BF16),
-        Some("f16") | Some("float16") => Ok(DType::F16),
-        Some(other) => bail!("dtype {other}: expected f32, bf16 or f16"),
     }
 }
 
@@ -402,7 +391,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
         "generate-logprobs",
         &Content {
             role: job.role,
-            dtype: format!("{dtype:?}").to_lowercase(),
+            dtype: dtype_name(dtype),
         },
         &[(job.samples, &samples_meta)],
         &[(job.role, model_ref(&dir)?)],

@@ -128,12 +128,12 @@ pub fn known_sections() -> Vec<(&'static str, Vec<String>)> {
     fn keys<S: Settings>() -> (&'static str, Vec<String>) {
         (S::SECTION, fields_of(&S::defaults()).keys().cloned().collect())
     }
-    use super::{evaluate, generate, score, train_step, winrate};
+    use super::{estimate_winrate, evaluate, generate, score, train_step};
     vec![
         ("pipeline", fields_of(&PipelineSettings::default()).keys().cloned().collect()),
         keys::<generate::GenerateSettings>(),
         keys::<score::ScoreSettings>(),
-        keys::<winrate::WinrateSettings>(),
+        keys::<estimate_winrate::WinrateSettings>(),
         keys::<train_step::TrainStepSettings>(),
         keys::<evaluate::EvaluateSettings>(),
     ]
@@ -287,7 +287,7 @@ mod tests {
     use super::*;
     use crate::stage::generate::GenerateSettings;
     use crate::stage::score::ScoreSettings;
-    use crate::stage::winrate::WinrateSettings;
+    use crate::stage::estimate_winrate::WinrateSettings;
     use crate::data::testing::TempDir;
     use clap::{CommandFactory, Parser};
 
