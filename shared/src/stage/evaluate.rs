@@ -607,3 +607,60 @@ fn chart_svg(models: &[ModelSummary]) -> String {
     }
     svg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Message;
+    use crate::stage::score::tests::Tmp;
+
+    #[test]
+    fn a_judge_without_its_settings_fails_before_any_response_is_generated() {
+        let tmp = Tmp::new("evaluate-judge");
+        let prompts = tmp.path("prompts.parquet");
+        let rows = vec![PromptRow {
+            prompt_id: "a".into(),
+            messages: vec![Message::user("question a")],
+            reference: Some("answer".into()),
+        }];
+        write_rows(
+            &prompts,
+            &FileMeta::new(FileKind::Prompts, "external", "p-fp"),
+            &rows,
+        )
+        .unwrap();
+        let out = tmp.path("eval");
+        let judge = ScoreSettings {
+            judge: "rule:length".into(),
+            ..ScoreSettings::default()
+        };
+        // The model does not exist either: generating would fail first.
+        let err = evaluate(&EvaluateJob {
+            models: &[tmp.path("no-such-model").display().to_string()],
+            prompts: &prompts,
+            out: &out,
+            settings: &EvaluateSettings::default(),
+            judge: &judge,
+            timings: None,
+            force: false,
+        })
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("the evaluation judge")
+                && msg.contains("--judge rule:length needs --target N"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn models_get_short_unique_names() {
+        let models = [
+            "runs/tiny/iter-1/model/".to_string(),
+            "data/models/tiny-policy".to_string(),
+            "other/iter-1/model".to_string(),
+        ];
+        assert_eq!(unique_names(&models), ["iter-1", "tiny-policy", "iter-1-2"]);
+    }
+}
