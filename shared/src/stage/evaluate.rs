@@ -630,10 +630,8 @@ mod tests {
         )
         .unwrap();
         let out = tmp.path("eval");
-        let judge = ScoreSettings {
-            judge: "rule:length".into(),
-            ..ScoreSettings::default()
-        };
+        let mut judge = ScoreSettings::default();
+        judge.judging.judge = "rule:length".into();
         // The model does not exist either: generating would fail first.
         let err = evaluate(&EvaluateJob {
             models: &[tmp.path("no-such-model").display().to_string()],
