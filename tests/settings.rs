@@ -47,19 +47,40 @@ fn every_key_of_a_stage_section_is_a_flag_of_its_binary() {
         for key in keys {
             let flag = flag_of(&key);
             for h in &helps {
-                assert!(h.contains(&format!("{flag} ")) || h.contains(&format!("{flag}\n")),
-                    "[{section}] {key}: no {flag} in --help:\n{h}");
+                assert!(
+                    h.contains(&format!("{flag} ")) || h.contains(&format!("{flag}\n")),
+                    "[{section}] {key}: no {flag} in --help:\n{h}"
+                );
             }
         }
     }
     // evaluate takes the judge's options too, and shows defaults as the other stages do.
     let evaluate = help("evaluate", None);
-    for flag in ["--target", "--pattern", "--pairrm-mode", "--dtype", "--top-p", "--seed", "--batch-size"] {
-        assert!(evaluate.contains(flag), "evaluate --help has no {flag}:\n{evaluate}");
+    for flag in [
+        "--target",
+        "--pattern",
+        "--pairrm-mode",
+        "--dtype",
+        "--top-p",
+        "--seed",
+        "--batch-size",
+    ] {
+        assert!(
+            evaluate.contains(flag),
+            "evaluate --help has no {flag}:\n{evaluate}"
+        );
     }
     assert!(evaluate.contains("pairrm"), "{evaluate}");
-    for (name, sub) in [("generate", Some("sample")), ("evaluate", None), ("score", None), ("train-step", None)] {
-        assert!(help(name, sub).contains("[default: cpu]"), "{name}: --device shows no default");
+    for (name, sub) in [
+        ("generate", Some("sample")),
+        ("evaluate", None),
+        ("score", None),
+        ("train-step", None),
+    ] {
+        assert!(
+            help(name, sub).contains("[default: cpu]"),
+            "{name}: --device shows no default"
+        );
     }
 }
 
@@ -71,18 +92,38 @@ fn a_misspelled_section_fails_every_stage_before_any_work() {
     std::fs::write(&bad, tiny.replace("[train-step]", "[train_step]")).unwrap();
     let line = tiny.lines().position(|l| l == "[train-step]").unwrap() + 1;
     let out = scratch.path("samples.parquet");
-    let err = fails(&scratch, "generate", &[
-        "sample", "--config", s(&bad), "--model", s(&repo("data/models/tiny-policy")),
-        "--prompts", s(&repo("data/prompts/train-1.parquet")), "--out", s(&out),
-    ]);
-    assert!(err.contains(&format!("bad.toml:{line}: unknown section [train_step]")), "{err}");
-    assert!(err.contains("[train-step]"), "names the valid sections: {err}");
+    let err = fails(
+        &scratch,
+        "generate",
+        &[
+            "sample",
+            "--config",
+            s(&bad),
+            "--model",
+            s(&repo("data/models/tiny-policy")),
+            "--prompts",
+            s(&repo("data/prompts/train-1.parquet")),
+            "--out",
+            s(&out),
+        ],
+    );
+    assert!(
+        err.contains(&format!("bad.toml:{line}: unknown section [train_step]")),
+        "{err}"
+    );
+    assert!(
+        err.contains("[train-step]"),
+        "names the valid sections: {err}"
+    );
     assert!(!out.exists());
 
     let top = scratch.path("top.toml");
     std::fs::write(&top, format!("k = 2\n{tiny}")).unwrap();
     let err = fails(&scratch, "generate", &["pipeline-vars", s(&top)]);
-    assert!(err.contains("top.toml:1:") && err.contains("outside any section"), "{err}");
+    assert!(
+        err.contains("top.toml:1:") && err.contains("outside any section"),
+        "{err}"
+    );
 }
 
 struct Make<'a> {
@@ -122,32 +163,53 @@ fn make_reads_the_pipeline_file_through_our_reader() {
     let plan = make.run(&commented, &["-n", "iter", "N=1"]);
     let plan_text = text(&plan);
     assert!(plan.status.success(), "{plan_text}");
-    assert!(plan_text.contains("--model data/models/tiny-policy "), "{plan_text}");
+    assert!(
+        plan_text.contains("--model data/models/tiny-policy "),
+        "{plan_text}"
+    );
 
     let misspelled = scratch.path("misspelled.toml");
     std::fs::write(&misspelled, tiny.replace("[generate]", "[generat]")).unwrap();
     let out = make.run(&misspelled, &["iter", "N=1"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("unknown section [generat]"), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown section [generat]"),
+        "{}",
+        text(&out)
+    );
     assert!(!scratch.path("run/iter-1").exists(), "a stage ran");
 
     let out = make.run(&scratch.path("missing.toml"), &["iter", "N=1"]);
     assert!(!out.status.success());
     let err = text(&out);
     assert!(err.contains("missing.toml: no such file"), "{err}");
-    assert_eq!(err.matches("missing.toml").count(), 1, "one clear error:\n{err}");
+    assert_eq!(
+        err.matches("missing.toml").count(),
+        1,
+        "one clear error:\n{err}"
+    );
 }
 
 #[test]
 fn pipeline_vars_prints_make_variables() {
     let scratch = Scratch::new("settings-vars");
-    let out = ok(&scratch, "generate", &["pipeline-vars", s(&repo("pipelines/tiny.toml"))]);
+    let out = ok(
+        &scratch,
+        "generate",
+        &["pipeline-vars", s(&repo("pipelines/tiny.toml"))],
+    );
     assert!(out.is_empty(), "stderr: {out}");
     let vars = Command::new(bin("generate"))
         .args(["pipeline-vars", s(&repo("pipelines/tiny.toml"))])
         .output()
         .unwrap();
     let vars = String::from_utf8(vars.stdout).unwrap();
-    assert!(vars.contains("BASE_MODEL := data/models/tiny-policy\n"), "{vars}");
-    assert!(vars.contains("PROMPTS := data/prompts/train-{t}.parquet\n"), "{vars}");
+    assert!(
+        vars.contains("BASE_MODEL := data/models/tiny-policy\n"),
+        "{vars}"
+    );
+    assert!(
+        vars.contains("PROMPTS := data/prompts/train-{t}.parquet\n"),
+        "{vars}"
+    );
 }

@@ -28,7 +28,10 @@ struct Cli {
     /// Output winrates.parquet.
     #[arg(long)]
     out: PathBuf,
-    #[command(flatten, next_help_heading = "Settings (also the [winrate] section of --config)")]
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [winrate] section of --config)"
+    )]
     settings: WinrateSettings,
     #[command(flatten)]
     run: StageFlags,

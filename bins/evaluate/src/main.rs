@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use clap::Parser;
+use rspo::judge::JudgeSettings;
 use rspo::stage::evaluate::{self, EvaluateJob, EvaluateSettings};
 use rspo::stage::score::ScoreSettings;
-use rspo::judge::JudgeSettings;
 use rspo::stage::{flag_given, parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
@@ -29,7 +29,10 @@ struct Args {
     /// Stage timings to include in the report (make iter writes data/runs/<run>/timings.tsv).
     #[arg(long, value_name = "FILE")]
     timings: Option<PathBuf>,
-    #[command(flatten, next_help_heading = "Settings (also the [evaluate] section of --config)")]
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [evaluate] section of --config)"
+    )]
     settings: EvaluateSettings,
     #[command(
         flatten,

@@ -46,7 +46,10 @@ struct SampleArgs {
     /// Process only the I-th of N slices of the prompts (0-based), e.g. 0/4.
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
-    #[command(flatten, next_help_heading = "Settings (also the [generate] section of --config)")]
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [generate] section of --config)"
+    )]
     settings: GenerateSettings,
     #[command(flatten)]
     run: StageFlags,
@@ -98,7 +101,10 @@ fn report(what: &str, out: &std::path::Path, outcome: Outcome) {
 
 fn main() -> Result<()> {
     let (cli, matches) = parse_command_line::<Cli>();
-    let matches = matches.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
+    let matches = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
     match cli.command {
         Command::Sample(a) => {
             let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;

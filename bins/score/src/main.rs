@@ -35,7 +35,10 @@ struct Cli {
     /// Where scalar judges write their scores [default: scores.parquet in the folder of --out].
     #[arg(long, value_name = "FILE")]
     scores_out: Option<PathBuf>,
-    #[command(flatten, next_help_heading = "Settings (also the [score] section of --config)")]
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [score] section of --config)"
+    )]
     settings: ScoreSettings,
     #[command(flatten)]
     run: StageFlags,

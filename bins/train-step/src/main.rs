@@ -37,7 +37,10 @@ struct Cli {
     /// Samples drawn from pi_ref, needed by the forward_kl term.
     #[arg(long)]
     reference_samples: Option<PathBuf>,
-    #[command(flatten, next_help_heading = "Settings (also the [train-step] section of --config)")]
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [train-step] section of --config)"
+    )]
     settings: TrainStepSettings,
     #[command(flatten)]
     run: StageFlags,

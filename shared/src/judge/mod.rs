@@ -25,9 +25,9 @@ mod preference_matrix;
 pub mod registry;
 mod reward_model;
 pub mod rules;
-mod settings;
 mod sample_winrates;
 mod scalar_scores;
+mod settings;
 mod traits;
 
 pub use cache::JudgmentCache;
@@ -48,8 +48,8 @@ pub use preference_matrix::{PairPreference, PreferenceError, PreferenceMatrix};
 pub use registry::{find_judge, judge_names, judges_help, Comparison, JudgeEntry, JudgeSpec};
 pub use reward_model::{reward_scores, RewardModelJudge};
 pub use sample_winrates::{winrates, Convention, SampleWinrate};
-pub use settings::JudgeSettings;
 pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
+pub use settings::JudgeSettings;
 pub use traits::{
     judge_digest, pairs_of, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,
 };

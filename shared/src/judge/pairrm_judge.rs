@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::judge_model::JudgeModel;
 use super::pairrm::{LogitMatrix, PairRm, PairRmMode, PairRmOptions};
 use super::pairrm_inputs::PairRmLengths;
-use super::registry::ScoreSettings;
 use super::registry::JudgeSpec;
+use super::registry::ScoreSettings;
 use super::traits::{Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge};
 
 pub struct PairRmJudge {

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 use super::judge_model::JudgeModel;
-use super::registry::ScoreSettings;
 use super::registry::JudgeSpec;
+use super::registry::ScoreSettings;
 use super::traits::{judge_digest, Judge, JudgeError, JudgeItem, ScalarJudge};
 use crate::data::Message;
 use crate::model::{dtype_name, sequence_scores, Checkpoint, Head, ModelError, Transformer};

@@ -4,8 +4,8 @@
 use regex::Regex;
 use serde_json::{json, Value};
 
-use super::registry::ScoreSettings;
 use super::registry::JudgeSpec;
+use super::registry::ScoreSettings;
 use super::traits::{judge_digest, Judge, JudgeError, JudgeItem, ScalarJudge};
 
 /// `rule:length --target N`: closer to N characters is better; score = -|chars - N|.

@@ -14,5 +14,6 @@ pub mod train_step;
 pub use context::{content_config, Outcome, StageOutput};
 pub use progress::Progress;
 pub use settings::{
-    flag_given, known_sections, make_variables, parse_command_line, PipelineFile, PipelineSettings, Settings, StageFlags,
+    flag_given, known_sections, make_variables, parse_command_line, PipelineFile, PipelineSettings,
+    Settings, StageFlags,
 };

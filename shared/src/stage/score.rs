@@ -18,7 +18,9 @@ use crate::data::{
     default_cache_dir, read_rows, write_rows, ChunkStore, FileKind, FileMeta, PreferenceRow,
     SampleRow, ScoreRow,
 };
-use crate::judge::{find_judge, CachedJudge, JudgeSettings, Comparison, Judge, JudgeItem, JudgeSpec, Verdicts};
+use crate::judge::{
+    find_judge, CachedJudge, Comparison, Judge, JudgeItem, JudgeSettings, JudgeSpec, Verdicts,
+};
 use prompt_samples::{group_samples, items_of, read_references, PromptSamples};
 use verdict_rows::{preferences_from_scores, VerdictRows};
 
@@ -63,7 +65,6 @@ impl Settings for ScoreSettings {
 impl Settings for JudgeSettings {
     const SECTION: &'static str = "score";
 }
-
 
 #[derive(Clone, Copy)]
 pub struct ScoreJob<'a> {
@@ -273,10 +274,12 @@ fn load_judge(job: &ScoreJob, comparison: Comparison, spec: JudgeSpec) -> Result
         );
     }
     let s = job.settings;
-    let cache_dir = s
-        .judging
-        .cache
-        .then(|| s.judging.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    let cache_dir = s.judging.cache.then(|| {
+        s.judging
+            .cache_dir
+            .clone()
+            .unwrap_or_else(default_cache_dir)
+    });
     Ok(CachedJudge::open(judge, cache_dir.as_deref())?)
 }
 

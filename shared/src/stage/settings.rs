@@ -126,11 +126,20 @@ pub struct PipelineSettings {
 /// The names of every section a pipeline file may hold, with their keys.
 pub fn known_sections() -> Vec<(&'static str, Vec<String>)> {
     fn keys<S: Settings>() -> (&'static str, Vec<String>) {
-        (S::SECTION, fields_of(&S::defaults()).keys().cloned().collect())
+        (
+            S::SECTION,
+            fields_of(&S::defaults()).keys().cloned().collect(),
+        )
     }
     use super::{estimate_winrate, evaluate, generate, score, train_step};
     vec![
-        ("pipeline", fields_of(&PipelineSettings::default()).keys().cloned().collect()),
+        (
+            "pipeline",
+            fields_of(&PipelineSettings::default())
+                .keys()
+                .cloned()
+                .collect(),
+        ),
         keys::<generate::GenerateSettings>(),
         keys::<score::ScoreSettings>(),
         keys::<estimate_winrate::WinrateSettings>(),
@@ -167,24 +176,35 @@ impl PipelineFile {
         let names: Vec<String> = known.iter().map(|(s, _)| format!("[{s}]")).collect();
         for (name, item) in &self.doc {
             let toml::Value::Table(table) = item else {
-                return Err(self.error_at("", Some(name), &format!(
-                    "`{name}` is outside any section; every setting belongs in one of {}",
-                    names.join(", ")
-                )));
+                return Err(self.error_at(
+                    "",
+                    Some(name),
+                    &format!(
+                        "`{name}` is outside any section; every setting belongs in one of {}",
+                        names.join(", ")
+                    ),
+                ));
             };
             let Some((_, keys)) = known.iter().find(|(s, _)| s == name) else {
                 return Err(self.error_at(
                     name,
                     None,
-                    &format!("unknown section [{name}]; expected one of {}", names.join(", ")),
+                    &format!(
+                        "unknown section [{name}]; expected one of {}",
+                        names.join(", ")
+                    ),
                 ));
             };
             for key in table.keys() {
                 if !keys.contains(key) {
-                    return Err(self.error_at(name, Some(key), &format!(
-                        "[{name}] has no setting `{key}`; expected one of {}",
-                        keys.join(", ")
-                    )));
+                    return Err(self.error_at(
+                        name,
+                        Some(key),
+                        &format!(
+                            "[{name}] has no setting `{key}`; expected one of {}",
+                            keys.join(", ")
+                        ),
+                    ));
                 }
             }
         }
@@ -229,7 +249,12 @@ fn line_of(text: &str, section: &str, key: Option<&str>) -> Option<usize> {
             continue;
         }
         let Some(key) = key else { continue };
-        let name = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+        let name = line
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
         if current == section && name == key && line.contains('=') {
             return Some(n + 1);
         }
@@ -285,10 +310,10 @@ pub fn make_variables(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::testing::TempDir;
+    use crate::stage::estimate_winrate::WinrateSettings;
     use crate::stage::generate::GenerateSettings;
     use crate::stage::score::ScoreSettings;
-    use crate::stage::estimate_winrate::WinrateSettings;
-    use crate::data::testing::TempDir;
     use clap::{CommandFactory, Parser};
 
     #[derive(Parser)]
@@ -333,16 +358,25 @@ mod tests {
     fn a_misspelled_section_or_key_names_file_line_and_valid_names() {
         let (_d, path) = write("[generate]\nk = 2\n\n[train_step]\nlr = 1.0\n");
         let err = format!("{:#}", parse(Some(&path), &["x"]).unwrap_err());
-        assert!(err.contains("pipeline.toml:4:") && err.contains("[train_step]"), "{err}");
+        assert!(
+            err.contains("pipeline.toml:4:") && err.contains("[train_step]"),
+            "{err}"
+        );
         assert!(err.contains("[train-step]"), "{err}");
 
         let (_d, path) = write("k = 2\n[generate]\n");
         let err = format!("{:#}", parse(Some(&path), &["x"]).unwrap_err());
-        assert!(err.contains("pipeline.toml:1:") && err.contains("outside any section"), "{err}");
+        assert!(
+            err.contains("pipeline.toml:1:") && err.contains("outside any section"),
+            "{err}"
+        );
 
         let (_d, path) = write("[score]\n# a comment\njudg = \"x\"\n");
         let err = format!("{:#}", ScoreSettings::from_config(Some(&path)).unwrap_err());
-        assert!(err.contains("pipeline.toml:3:") && err.contains("`judg`"), "{err}");
+        assert!(
+            err.contains("pipeline.toml:3:") && err.contains("`judg`"),
+            "{err}"
+        );
         assert!(err.contains("judge_model"), "lists the valid keys: {err}");
     }
 
@@ -350,7 +384,10 @@ mod tests {
     fn a_value_of_the_wrong_type_names_its_key_and_line() {
         let (_d, path) = write("[generate]\ntop_p = 0.5\nk = \"two\"\n");
         let err = format!("{:#}", parse(Some(&path), &["x"]).unwrap_err());
-        assert!(err.contains("pipeline.toml:3:") && err.contains("`k`"), "{err}");
+        assert!(
+            err.contains("pipeline.toml:3:") && err.contains("`k`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -360,10 +397,20 @@ mod tests {
         );
         let s = ScoreSettings::from_config(Some(&path)).unwrap();
         assert_eq!(
-            (s.judging.judge.as_str(), s.judging.target, s.temperature, s.batch_size, s.judging.cache),
+            (
+                s.judging.judge.as_str(),
+                s.judging.target,
+                s.temperature,
+                s.batch_size,
+                s.judging.cache
+            ),
             ("rule:length", Some(40), 0.5, 8, true)
         );
-        assert!(WinrateSettings::from_config(Some(&path)).unwrap().exclude_self);
+        assert!(
+            WinrateSettings::from_config(Some(&path))
+                .unwrap()
+                .exclude_self
+        );
     }
 
     #[test]
@@ -373,10 +420,19 @@ mod tests {
              prompts = \"p-{t}.parquet\"\nprompt_parts = 3\neval_prompts = \"e.parquet\"\nbaseline = \"reference\"\n",
         );
         let vars = make_variables(&path).unwrap();
-        assert!(vars.contains("BASE_MODEL := data/models/tiny-policy\n"), "{vars}");
-        assert!(vars.contains("JUDGE_MODEL := \n") && vars.contains("PROMPT_PARTS := 3\n"), "{vars}");
+        assert!(
+            vars.contains("BASE_MODEL := data/models/tiny-policy\n"),
+            "{vars}"
+        );
+        assert!(
+            vars.contains("JUDGE_MODEL := \n") && vars.contains("PROMPT_PARTS := 3\n"),
+            "{vars}"
+        );
         let (_d, path) = write("[pipeline]\njudge = \"x\"\n");
         let err = format!("{:#}", make_variables(&path).unwrap_err());
-        assert!(err.contains("base_model") && err.contains("prompts"), "{err}");
+        assert!(
+            err.contains("base_model") && err.contains("prompts"),
+            "{err}"
+        );
     }
 }
