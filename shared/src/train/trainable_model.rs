@@ -1,43 +1,28 @@
-//! The model being trained, and writing it back as a Hugging Face directory.
+//! The model being trained: a transformer with its trainable parameters.
 //!
 //! [`TrainableModel::full`] wraps every tensor the transformer uses in a `Var`;
 //! [`TrainableModel::lora`] keeps the base as plain tensors (candle then records no graph for
-//! them) and trains only the adapters. [`write_model_dir`] writes a directory our loader and
-//! `transformers.AutoModelForCausalLM.from_pretrained` both read: the tensors under the
-//! checkpoint's names in safetensors with `format: pt` metadata (sharded with an index past
-//! [`MAX_SHARD_BYTES`]), and the source directory's config, tokenizer, chat template and
-//! generation config copied. Directories appear complete or not at all.
+//! them) and trains only the adapters. Writing the result as a Hugging Face directory is
+//! `model_writer`'s job.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Tensor, Var};
 
-use super::lora::{self, LoraError, LoraSpec, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use crate::model::{save_safetensors, ModelConfig, ModelError, Transformer, Weights};
-
-/// Shard size past which weights are split, as `save_pretrained`'s default (5 GB).
-pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+use super::lora::{self, LoraError, LoraSpec};
+use crate::model::{ModelConfig, ModelError, Transformer, Weights};
 
 #[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
+pub enum TrainableModelError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Lora(#[from] LoraError),
-    #[error("{path}: {message}")]
-    Io { path: PathBuf, message: String },
     #[error("saved training state: {0}")]
     State(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |e| CheckpointError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
 }
 
 /// A transformer with its trainable parameters.
@@ -62,7 +47,7 @@ pub struct TrainableModel {
 
 impl TrainableModel {
     /// Every weight trainable, in the weights' dtype (no mixed precision).
-    pub fn full(config: ModelConfig, weights: &Weights) -> Result<Self, CheckpointError> {
+    pub fn full(config: ModelConfig, weights: &Weights) -> Result<Self, TrainableModelError> {
         let compute = weights_dtype(weights);
         Self::full_mixed(config, weights, compute)
     }
@@ -73,7 +58,7 @@ impl TrainableModel {
         config: ModelConfig,
         weights: &Weights,
         compute: DType,
-    ) -> Result<Self, CheckpointError> {
+    ) -> Result<Self, TrainableModelError> {
         let tensors: HashMap<String, Tensor> = weights
             .tensors()
             .iter()
@@ -104,7 +89,7 @@ impl TrainableModel {
         weights: &Weights,
         spec: &LoraSpec,
         seed: u64,
-    ) -> Result<Self, CheckpointError> {
+    ) -> Result<Self, TrainableModelError> {
         let compute = weights_dtype(weights);
         Self::lora_mixed(config, weights, spec, seed, compute)
     }
@@ -117,7 +102,7 @@ impl TrainableModel {
         spec: &LoraSpec,
         seed: u64,
         compute: DType,
-    ) -> Result<Self, CheckpointError> {
+    ) -> Result<Self, TrainableModelError> {
         let master = weights_dtype(weights);
         let base = if master == compute {
             Transformer::new(config, weights)?
@@ -152,7 +137,7 @@ impl TrainableModel {
     /// The model to run forward (and backward) passes with, in the compute dtype. Without mixed
     /// precision that is [`TrainableModel::model`]; with it, a model built from casts of the
     /// current parameters, so build it after each optimizer step.
-    pub fn forward_model(&self) -> Result<Transformer, CheckpointError> {
+    pub fn forward_model(&self) -> Result<Transformer, TrainableModelError> {
         if !self.is_mixed() {
             return Ok(self.model.clone());
         }
@@ -173,10 +158,10 @@ impl TrainableModel {
                 let by_name: HashMap<&str, &Var> =
                     self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
                 for (name, linear) in model.linear_layers_mut(&spec.targets) {
-                    let get = |part: &str| -> Result<Tensor, CheckpointError> {
+                    let get = |part: &str| -> Result<Tensor, TrainableModelError> {
                         let key = format!("{name}.{part}.weight");
                         let var = by_name.get(key.as_str()).ok_or_else(|| {
-                            CheckpointError::State(format!("no adapter parameter {key}"))
+                            TrainableModelError::State(format!("no adapter parameter {key}"))
                         })?;
                         Ok(var.as_tensor().to_dtype(self.compute)?)
                     };
@@ -193,7 +178,7 @@ impl TrainableModel {
 
     /// The full checkpoint as it stands: the trained weights, or the base with the adapters
     /// merged in.
-    pub fn checkpoint_tensors(&self) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
+    pub fn checkpoint_tensors(&self) -> Result<BTreeMap<String, Tensor>, TrainableModelError> {
         match &self.lora {
             // Written in the compute dtype, as a bf16 run's checkpoint is bf16.
             None => self
@@ -201,7 +186,7 @@ impl TrainableModel {
                 .named_tensors()
                 .into_iter()
                 .map(|(n, t)| Ok((n, t.to_dtype(self.compute)?)))
-                .collect::<Result<_, CheckpointError>>(),
+                .collect::<Result<_, TrainableModelError>>(),
             Some(spec) => Ok(lora::merged_tensors(&self.model, &self.params, spec)?),
         }
     }
@@ -216,9 +201,9 @@ impl TrainableModel {
 
     /// Sets every trainable parameter from `tensors` (as [`TrainableModel::param_tensors`]
     /// returned them), checking names and shapes.
-    pub fn set_params(&self, tensors: &HashMap<String, Tensor>) -> Result<(), CheckpointError> {
+    pub fn set_params(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainableModelError> {
         if tensors.len() != self.params.len() {
-            return Err(CheckpointError::State(format!(
+            return Err(TrainableModelError::State(format!(
                 "{} tensors for {} parameters",
                 tensors.len(),
                 self.params.len()
@@ -227,9 +212,9 @@ impl TrainableModel {
         for (name, var) in &self.params {
             let t = tensors
                 .get(name)
-                .ok_or_else(|| CheckpointError::State(format!("no tensor for {name}")))?;
+                .ok_or_else(|| TrainableModelError::State(format!("no tensor for {name}")))?;
             if t.dims() != var.dims() {
-                return Err(CheckpointError::State(format!(
+                return Err(TrainableModelError::State(format!(
                     "{name} has shape {:?}, the parameter {:?}",
                     t.dims(),
                     var.dims()
@@ -248,218 +233,4 @@ fn weights_dtype(weights: &Weights) -> DType {
         .values()
         .next()
         .map_or(DType::F32, |t| t.dtype())
-}
-
-/// Files of a model directory that are not weights: config, tokenizer, chat template,
-/// generation config and the like.
-fn companion_files(src: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(src).map_err(io(src))? {
-        let path = entry.map_err(io(src))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let weights = name.ends_with(".safetensors")
-            || name.ends_with(".bin")
-            || name.ends_with(".pt")
-            || name.ends_with(".pth")
-            || name.ends_with(".index.json")
-            || name == ADAPTER_CONFIG;
-        if path.is_file() && !weights && !name.starts_with('.') {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn tokenizer_file(name: &str) -> bool {
-    name.starts_with("tokenizer")
-        || name.starts_with("special_tokens_map")
-        || name.starts_with("added_tokens")
-        || name.starts_with("chat_template")
-        || name == "vocab.json"
-        || name == "merges.txt"
-}
-
-/// Writes a directory through a temporary sibling and renames it into place; an existing
-/// directory at `dest` is replaced only once the new one is complete.
-fn write_dir_atomically(
-    dest: &Path,
-    fill: impl FnOnce(&Path) -> Result<(), CheckpointError>,
-) -> Result<(), CheckpointError> {
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let had_old = dest.exists();
-    if had_old {
-        std::fs::rename(dest, &old).map_err(io(dest))?;
-    }
-    std::fs::rename(&tmp, dest).map_err(io(dest))?;
-    if had_old {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
-}
-
-/// Writes `tensors` as safetensors into `dir`: `model.safetensors`, or shards
-/// `model-0000k-of-0000n.safetensors` with `model.safetensors.index.json` past `max_shard`.
-fn write_weights(
-    dir: &Path,
-    tensors: &BTreeMap<String, Tensor>,
-    max_shard: usize,
-) -> Result<(), CheckpointError> {
-    let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-    let total: usize = tensors.values().map(bytes).sum();
-    if total <= max_shard {
-        save_safetensors(tensors, &dir.join("model.safetensors"))?;
-        return Ok(());
-    }
-    let mut shards: Vec<BTreeMap<String, Tensor>> = vec![BTreeMap::new()];
-    let mut size = 0;
-    for (name, t) in tensors {
-        if size > 0 && size + bytes(t) > max_shard {
-            shards.push(BTreeMap::new());
-            size = 0;
-        }
-        size += bytes(t);
-        shards
-            .last_mut()
-            .expect("at least one shard")
-            .insert(name.clone(), t.clone());
-    }
-    let n = shards.len();
-    let mut weight_map = serde_json::Map::new();
-    for (k, shard) in shards.iter().enumerate() {
-        let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
-        save_safetensors(shard, &dir.join(&file))?;
-        for name in shard.keys() {
-            weight_map.insert(name.clone(), serde_json::Value::String(file.clone()));
-        }
-    }
-    let index = serde_json::json!({
-        "metadata": {"total_size": total},
-        "weight_map": weight_map,
-    });
-    let path = dir.join("model.safetensors.index.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&index).unwrap_or_default(),
-    )
-    .map_err(io(&path))?;
-    Ok(())
-}
-
-/// Writes a full Hugging Face model directory at `dest`: `tensors` under their checkpoint
-/// names, and every non-weight file of `source` (config.json, tokenizer.json,
-/// tokenizer_config.json with the chat template, generation_config.json, ...) copied.
-pub fn write_model_dir(
-    source: &Path,
-    tensors: &BTreeMap<String, Tensor>,
-    dest: &Path,
-) -> Result<(), CheckpointError> {
-    write_model_dir_sharded(source, tensors, dest, MAX_SHARD_BYTES)
-}
-
-/// [`write_model_dir`] with a given shard size.
-pub fn write_model_dir_sharded(
-    source: &Path,
-    tensors: &BTreeMap<String, Tensor>,
-    dest: &Path,
-    max_shard: usize,
-) -> Result<(), CheckpointError> {
-    let companions = companion_files(source)?;
-    write_dir_atomically(dest, |dir| {
-        for file in &companions {
-            let to = dir.join(file.file_name().expect("a file name"));
-            std::fs::copy(file, &to).map_err(io(&to))?;
-        }
-        write_weights(dir, tensors, max_shard)
-    })
-}
-
-/// Writes a PEFT adapter directory at `dest`: `adapter_model.safetensors`,
-/// `adapter_config.json` (base model: `base`) and the base's tokenizer files.
-pub fn write_adapter_dir(
-    base: &Path,
-    params: &[(String, Var)],
-    spec: &LoraSpec,
-    dest: &Path,
-) -> Result<(), CheckpointError> {
-    let tokenizer_files: Vec<PathBuf> = companion_files(base)?
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(tokenizer_file)
-        })
-        .collect();
-    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-    write_dir_atomically(dest, |dir| {
-        for file in &tokenizer_files {
-            let to = dir.join(file.file_name().expect("a file name"));
-            std::fs::copy(file, &to).map_err(io(&to))?;
-        }
-        save_safetensors(&lora::peft_tensors(params), &dir.join(ADAPTER_WEIGHTS))?;
-        let path = dir.join(ADAPTER_CONFIG);
-        let text =
-            serde_json::to_string_pretty(&lora::adapter_config(spec, &base)).unwrap_or_default();
-        std::fs::write(&path, text).map_err(io(&path))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{DType, Device};
-
-    #[test]
-    fn sharded_weights_have_an_index_our_loader_reads() {
-        let dir = std::env::temp_dir().join(format!("rspo-shard-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("config.json"), "{}").unwrap();
-        let dev = Device::Cpu;
-        let tensors: BTreeMap<String, Tensor> = (0..5)
-            .map(|i| {
-                (
-                    format!("t{i}"),
-                    Tensor::full(i as f32, (4, 4), &dev).unwrap(),
-                )
-            })
-            .collect();
-        let out = dir.join("model");
-        // 64 bytes per tensor, 130 per shard: two tensors a shard.
-        write_model_dir_sharded(&dir, &tensors, &out, 130).unwrap();
-        assert!(out.join("config.json").is_file());
-        assert!(out.join("model-00003-of-00003.safetensors").is_file());
-        let w = Weights::load(&out, DType::F32, &dev).unwrap();
-        for (name, t) in &tensors {
-            let got = w.get(name, &[4, 4]).unwrap();
-            let diff = (got - t).unwrap().abs().unwrap().sum_all().unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
-        }
-        // Rewriting replaces the directory whole.
-        write_model_dir_sharded(&dir, &tensors, &out, 1 << 20).unwrap();
-        assert!(out.join("model.safetensors").is_file());
-        assert!(!out.join("model-00001-of-00003.safetensors").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }
