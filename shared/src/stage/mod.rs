@@ -9,6 +9,7 @@ mod progress;
 pub mod score;
 mod settings;
 pub mod train_step;
+mod train_state;
 pub mod winrate;
 
 pub use context::{content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput};
