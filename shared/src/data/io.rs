@@ -232,14 +232,28 @@ fn temp_path(path: &Path) -> Result<PathBuf, DataError> {
     Ok(path.with_file_name(temp_name))
 }
 
-/// The folder `path` lies in, created if missing.
-fn create_parent(path: &Path) -> Result<PathBuf, DataError> {
+/// A temporary beside `path` (its parent folder created if missing), and that folder.
+fn temp_beside(path: &Path) -> Result<(TempPath, PathBuf), DataError> {
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, "cannot create folder", e))?;
-    Ok(parent)
+    let temp = TempPath {
+        path: temp_path(path)?,
+        keep: false,
+    };
+    Ok((temp, parent))
+}
+
+/// Renames the finished temporary to `path`.
+fn rename_into_place(temp: &mut TempPath, path: &Path) -> Result<(), DataError> {
+    fs::rename(&temp.path, path).map_err(|e| {
+        let action = format!("cannot rename {} into place", temp.path.display());
+        DataError::io(path, action, e)
+    })?;
+    temp.keep = true;
+    Ok(())
 }
 
 /// Persists a rename into `folder`; some filesystems cannot sync folders, which is not an error.
@@ -259,11 +273,7 @@ pub fn write_atomically<T, E>(
 where
     E: From<DataError>,
 {
-    let parent = create_parent(path)?;
-    let mut temp = TempPath {
-        path: temp_path(path)?,
-        keep: false,
-    };
+    let (mut temp, parent) = temp_beside(path)?;
     let file = File::options()
         .write(true)
         .create_new(true)
@@ -279,14 +289,7 @@ where
     file.sync_all()
         .map_err(|e| DataError::io(&temp.path, "cannot sync", e))?;
     drop(file);
-    fs::rename(&temp.path, path).map_err(|e| {
-        DataError::io(
-            path,
-            format!("cannot rename {} into place", temp.path.display()),
-            e,
-        )
-    })?;
-    temp.keep = true;
+    rename_into_place(&mut temp, path)?;
     sync_folder(&parent);
     Ok(value)
 }
@@ -319,11 +322,7 @@ pub fn write_dir_atomically<T, E>(
 where
     E: From<DataError>,
 {
-    let parent = create_parent(path)?;
-    let mut temp = TempPath {
-        path: temp_path(path)?,
-        keep: false,
-    };
+    let (mut temp, parent) = temp_beside(path)?;
     fs::create_dir(&temp.path).map_err(|e| DataError::io(&temp.path, "cannot create", e))?;
     let value = fill(&temp.path)?;
     sync_tree(&temp.path)?;
@@ -335,14 +334,12 @@ where
         fs::rename(path, &aside)
             .map_err(|e| DataError::io(path, "cannot move the old folder aside", e))?;
     }
-    if let Err(e) = fs::rename(&temp.path, path) {
+    if let Err(e) = rename_into_place(&mut temp, path) {
         if replacing {
             let _ = fs::rename(&aside, path);
         }
-        let action = format!("cannot rename {} into place", temp.path.display());
-        return Err(DataError::io(path, action, e).into());
+        return Err(e.into());
     }
-    temp.keep = true;
     sync_folder(&parent);
     if replacing {
         fs::remove_dir_all(&aside)
