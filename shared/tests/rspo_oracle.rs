@@ -419,7 +419,11 @@ fn bf16_compute_keeps_f32_masters_and_matches_pytorch_loosely() {
         let line = format!(
             "{:>24}: bf16 loss {:.4} vs {want:.4}, self-play {:.4} vs {:.4}, grad norm {norm:.2} \
              vs {:.2}\n",
-            c.name, out.values.loss, out.values.self_play, result.terms["self_play"], result.grad_global_norm
+            c.name,
+            out.values.loss,
+            out.values.self_play,
+            result.terms["self_play"],
+            result.grad_global_norm
         );
         report.push_str(&line);
         assert!(out.values.loss.is_finite(), "{line}");

@@ -298,7 +298,9 @@ where
 fn sync_tree(dir: &Path) -> Result<(), DataError> {
     let entries = fs::read_dir(dir).map_err(|e| DataError::io(dir, "cannot list", e))?;
     for entry in entries {
-        let path = entry.map_err(|e| DataError::io(dir, "cannot list", e))?.path();
+        let path = entry
+            .map_err(|e| DataError::io(dir, "cannot list", e))?
+            .path();
         if path.is_dir() {
             sync_tree(&path)?;
         } else {

@@ -8,8 +8,8 @@ pub mod generate;
 mod progress;
 pub mod score;
 mod settings;
-pub mod train_step;
 mod train_state;
+pub mod train_step;
 pub mod winrate;
 
 pub use context::{content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput};

@@ -183,7 +183,10 @@ mod tests {
         put("step-000001", SAVED);
         // Another run's state, a later temporary and a half-written file are not this run's.
         put("step-000002", &SAVED.replace("\"fp\"", "\"other\""));
-        put(".step-000003.tmp-1-0", &SAVED.replace("\"step\":1,\"log", "\"step\":3,\"log"));
+        put(
+            ".step-000003.tmp-1-0",
+            &SAVED.replace("\"step\":1,\"log", "\"step\":3,\"log"),
+        );
         put("step-000004", &SAVED[..40]);
         let (dir, saved) = state.latest().expect("the saved state");
         assert_eq!(dir, state.dir().join("step-000001"));

@@ -29,8 +29,8 @@ use crate::model::{Checkpoint, ModelConfig, Weights};
 use crate::train::{
     build_examples, clip_grad_norm, parse_regularizers, plan_steps, step_gradients,
     write_adapter_dir, write_model_dir, AdamWConfig, Example, ExampleInputs, LinearSchedule,
-    LossSpec, LoraSpec, Optimizer, OptimizerKind, Regularizer, RmsPropConfig, Selection,
-    StepPlan, TrainableModel,
+    LoraSpec, LossSpec, Optimizer, OptimizerKind, Regularizer, RmsPropConfig, Selection, StepPlan,
+    TrainableModel,
 };
 
 /// The stage name in metadata and fingerprints.
@@ -338,7 +338,11 @@ impl<'a> TrainInputs<'a> {
         let winrates = read_rows::<WinrateRow>(job.winrates)?;
         let policy_logprobs = read_rows::<LogprobRow>(job.policy_logprobs)?;
         let reference_logprobs = read_rows::<LogprobRow>(job.reference_logprobs)?;
-        ensure!(!samples.1.is_empty(), "{}: no samples", job.samples.display());
+        ensure!(
+            !samples.1.is_empty(),
+            "{}: no samples",
+            job.samples.display()
+        );
         for (path, (meta, _), role) in [
             (job.policy_logprobs, &policy_logprobs, "policy"),
             (job.reference_logprobs, &reference_logprobs, "reference"),

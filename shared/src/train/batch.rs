@@ -456,13 +456,12 @@ pub fn step_gradients(
             Seq::Sample(_) => None,
         })
         .sum();
-    let mut loss = StepLoss::new(spec, samples, reference_tokens).map_err(|source| {
-        BatchError::Loss {
+    let mut loss =
+        StepLoss::new(spec, samples, reference_tokens).map_err(|source| BatchError::Loss {
             micro: 1,
             micros: 1,
             source,
-        }
-    })?;
+        })?;
 
     let micros = seqs.len().div_ceil(micro_batch_size);
     let mut grads = GradStore::default();

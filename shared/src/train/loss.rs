@@ -183,7 +183,8 @@ impl<'a> StepLoss<'a> {
             Some(samples) => Some(self.add_samples(samples)?),
             None => None,
         };
-        if let (Some(coef), Some(tokens)) = (self.spec.forward_kl_coef(), reference_token_logp_theta)
+        if let (Some(coef), Some(tokens)) =
+            (self.spec.forward_kl_coef(), reference_token_logp_theta)
         {
             if let Some(part) = self.add_reference_tokens(coef, tokens)? {
                 share = Some(match share {
@@ -494,7 +495,14 @@ mod tests {
                     .and_then(|t| t.to_dtype(dtype))
                     .and_then(|t| Var::from_tensor(&t))
                     .unwrap();
-                let call = rspo_loss(&spec(1.0 / config.eta, &config.terms), var.as_tensor(), &logp_policy, &logp_ref, &winrates, None);
+                let call = rspo_loss(
+                    &spec(1.0 / config.eta, &config.terms),
+                    var.as_tensor(),
+                    &logp_policy,
+                    &logp_ref,
+                    &winrates,
+                    None,
+                );
                 if needs_model {
                     assert!(
                         matches!(call, Err(LossError::ReferenceTokens(_))),
@@ -514,7 +522,12 @@ mod tests {
                 report.push_str(&format!(", self_play {self_play_err:.1e}"));
                 assert!(rel(loss, result.loss) < 1e-4, "{report}");
                 assert!(self_play_err < 1e-4, "{report}");
-                assert_eq!(parts.values.terms.len() + 1, result.terms.len(), "{}", config.name);
+                assert_eq!(
+                    parts.values.terms.len() + 1,
+                    result.terms.len(),
+                    "{}",
+                    config.name
+                );
                 for (name, value) in &parts.values.terms {
                     let expected = result.terms[name.as_str()];
                     report.push_str(&format!(", {name} {:.1e}", rel(*value, expected)));
@@ -568,7 +581,14 @@ mod tests {
         let theta = [-9.5, -20.25, -29.0];
         let var = Var::from_slice(&theta, 3, &Device::Cpu).unwrap();
         let beta = 0.001;
-        let parts = rspo_loss(&spec(beta, &[]), var.as_tensor(), &logp_t, &logp_ref, &winrates, None)
+        let parts = rspo_loss(
+            &spec(beta, &[]),
+            var.as_tensor(),
+            &logp_t,
+            &logp_ref,
+            &winrates,
+            None,
+        )
         .unwrap();
         let grads = parts.loss.backward().unwrap();
         let grad: Vec<f64> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();
@@ -598,7 +618,14 @@ mod tests {
         ] {
             let var = Var::from_slice(&theta, 4, &Device::Cpu).unwrap();
             let regs = [Regularizer::new(term, 0.3)];
-            let parts = rspo_loss(&spec(0.1, &regs), var.as_tensor(), &logp_t, &logp_ref, &winrates, None)
+            let parts = rspo_loss(
+                &spec(0.1, &regs),
+                var.as_tensor(),
+                &logp_t,
+                &logp_ref,
+                &winrates,
+                None,
+            )
             .unwrap();
             let clip = term.clip().unwrap();
             let sign = if matches!(term, Term::Chi2 { .. }) {
@@ -630,7 +657,14 @@ mod tests {
         // Far beyond the clip nothing overflows.
         let var = Var::from_slice(&[-5000.0f32], 1, &Device::Cpu).unwrap();
         let regs = [Regularizer::new(Term::ForwardKlIs { clip: 10.0 }, 1.0)];
-        let parts = rspo_loss(&spec(1.0, &regs), var.as_tensor(), &[-5000.0], &[0.0], &[0.5], None)
+        let parts = rspo_loss(
+            &spec(1.0, &regs),
+            var.as_tensor(),
+            &[-5000.0],
+            &[0.0],
+            &[0.5],
+            None,
+        )
         .unwrap();
         assert!(rel(parts.values.terms[0].1, 2.0 * 10f64.exp()) < 1e-12);
         let grads = parts.loss.backward().unwrap();
@@ -643,9 +677,19 @@ mod tests {
         let var_theta = Var::from_slice(&[-3.0f32, -4.0], 2, &Device::Cpu).unwrap();
         let tokens = Var::from_slice(&[-1.0f32, -2.0, -3.0, -4.0, -5.5], 5, &Device::Cpu).unwrap();
         let regs = [Regularizer::new(Term::ForwardKl, 0.1)];
-        let parts = rspo_loss(&spec(0.1, &regs), var_theta.as_tensor(), &[-3.0, -4.0], &[-3.0, -4.0], &[0.5, 0.5], Some(tokens.as_tensor()))
+        let parts = rspo_loss(
+            &spec(0.1, &regs),
+            var_theta.as_tensor(),
+            &[-3.0, -4.0],
+            &[-3.0, -4.0],
+            &[0.5, 0.5],
+            Some(tokens.as_tensor()),
+        )
         .unwrap();
-        assert_eq!(parts.values.terms, vec![("forward_kl".to_string(), 15.5 / 5.0)]);
+        assert_eq!(
+            parts.values.terms,
+            vec![("forward_kl".to_string(), 15.5 / 5.0)]
+        );
         assert!(rel(parts.loss.to_scalar::<f64>().unwrap(), 0.1 * 3.1) < 1e-12);
         let grads = parts.loss.backward().unwrap();
         let grad: Vec<f32> = grads.get(tokens.as_tensor()).unwrap().to_vec1().unwrap();
@@ -653,7 +697,14 @@ mod tests {
             assert!((g - (-0.1 / 5.0)).abs() < 1e-9);
         }
         // Missing or empty reference tokens are an error naming the term.
-        let missing = rspo_loss(&spec(0.1, &regs), var_theta.as_tensor(), &[-3.0, -4.0], &[-3.0, -4.0], &[0.5, 0.5], None)
+        let missing = rspo_loss(
+            &spec(0.1, &regs),
+            var_theta.as_tensor(),
+            &[-3.0, -4.0],
+            &[-3.0, -4.0],
+            &[0.5, 0.5],
+            None,
+        )
         .unwrap_err();
         assert!(missing.to_string().contains("forward_kl"), "{missing}");
     }
@@ -734,7 +785,10 @@ mod tests {
             StepLoss::new(&spec, 3, 0),
             Err(LossError::ReferenceTokens(_))
         ));
-        assert!(matches!(StepLoss::new(&spec, 0, 5), Err(LossError::NoSamples)));
+        assert!(matches!(
+            StepLoss::new(&spec, 0, 5),
+            Err(LossError::NoSamples)
+        ));
     }
 
     #[test]
@@ -781,8 +835,15 @@ mod tests {
             },
             0.1,
         )];
-        let err =
-            rspo_loss(&spec(0.1, &unclipped), x, &two, &[-1000.0, 0.0], &[0.5, 0.5], None).unwrap_err();
+        let err = rspo_loss(
+            &spec(0.1, &unclipped),
+            x,
+            &two,
+            &[-1000.0, 0.0],
+            &[0.5, 0.5],
+            None,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, LossError::NonFinite(ref m) if m.contains("chi2=inf")),
             "{err}"

@@ -42,9 +42,7 @@ pub use batch::{
 };
 pub use clip::{clip_grad_norm, grad_norm, ClipError};
 pub use lora::{LoraError, LoraSpec};
-pub use loss::{
-    rspo_loss, LossError, LossParts, LossSpec, LossValues, SampleLogprobs, StepLoss,
-};
+pub use loss::{rspo_loss, LossError, LossParts, LossSpec, LossValues, SampleLogprobs, StepLoss};
 pub use model_writer::{write_adapter_dir, write_model_dir, ModelWriteError};
 pub use optim::{OptimError, Optimizer, OptimizerKind};
 pub use regularizer::{
