@@ -189,7 +189,7 @@ fn bench_train(
         let mut out = step_gradients(&model, &trainable.params, &batch, &spec, 8).expect("step");
         clip_grad_norm(&mut out.grads, &trainable.params, 1.0).expect("clip");
         optimizer.step(&out.grads, 5e-7).expect("optimizer");
-        assert!(out.loss.is_finite());
+        assert!(out.values.loss.is_finite());
     };
     step();
     sync(&device);

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{read_meta, stage_fingerprint, FileKind, FileMeta, InputRef, ModelRef};
 // train_step.rs still imports these from here; they live in `model` (see model/resolve.rs).
-pub(super) use crate::model::{model_ref, parse_device, resolve_model};
 
 /// What a stage run did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,11 +14,10 @@ use crate::data::{
     FinishReason, LogprobRow, PromptOptions, SampleRow,
 };
 use crate::model::{
-    dtype_name, generate, model_ref, parse_device, resolve_model, teacher_forced_logprobs,
-    Checkpoint, Finish, GenerationRequest, PromptResponse, SamplingParams,
+    dtype_for, dtype_name, generate, model_ref, parse_device, resolve_model,
+    teacher_forced_logprobs, Checkpoint, Finish, GenerationRequest, PromptResponse, SamplingParams,
 };
 // Also train_step.rs's import of it (it lives in model/device.rs).
-pub(super) use crate::model::dtype_for;
 
 /// The `[generate]` section of a pipeline file; flags override it.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]

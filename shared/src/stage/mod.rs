@@ -9,6 +9,7 @@ pub mod generate;
 mod progress;
 pub mod score;
 mod settings;
+mod train_state;
 pub mod train_step;
 
 pub use context::{content_config, Outcome, StageOutput};
