@@ -124,7 +124,8 @@ fn token_logprobs_match_transformers() {
 /// u = 2^-9 (about 0.2%) of itself. The weights, every matmul output and the residual stream
 /// are rounded (attention scores, softmax and log-softmax run in f32), and these random
 /// fixtures have logits of magnitude ~10 (log-probs down to -15): a few roundings of 0.2% of
-/// 10 is a few hundredths on a logit. Measured on the CPU (candle 0.11.1): worst token error
+/// 10 is a few hundredths on a logit. Measured on the CPU (candle 0.11.1, with the 32000-token
+/// fixtures; the 1024-token ones stay within the same bounds): worst token error
 /// 0.080 (tiny-llama3), worst sum 0.21 (46 tokens), worst score 0.037; the bounds are about
 /// 2x those, since a GPU rounds in other places (other accumulation orders), and still show
 /// a wrong op at once (a dropped bias or norm moves log-probs by whole units). Token errors
