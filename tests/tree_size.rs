@@ -66,7 +66,10 @@ fn no_large_file_is_tracked_twice() {
         }
     }
     for paths in by_size.values() {
-        let bytes: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(repo(p)).unwrap()).collect();
+        let bytes: Vec<Vec<u8>> = paths
+            .iter()
+            .map(|p| std::fs::read(repo(p)).unwrap())
+            .collect();
         for i in 0..paths.len() {
             for j in i + 1..paths.len() {
                 assert!(

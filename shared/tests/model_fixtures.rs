@@ -580,7 +580,11 @@ fn decode_on_the_test_device_matches_the_cpu_rows() {
             for (w, g) in want.iter().zip(&got) {
                 let same = w.response_ids == g.response_ids;
                 if params.temperature == 0.0 {
-                    assert!(same, "{name} greedy: {:?} vs {:?}", g.response_ids, w.response_ids);
+                    assert!(
+                        same,
+                        "{name} greedy: {:?} vs {:?}",
+                        g.response_ids, w.response_ids
+                    );
                     greedy_same += same as usize;
                     greedy_rows += 1;
                 } else {
@@ -606,5 +610,8 @@ fn decode_on_the_test_device_matches_the_cpu_rows() {
     println!(
         "decode rows identical to the CPU on {dev:?}: greedy {greedy_same}/{greedy_rows}, sampled {sampled_same}/{sampled_rows}"
     );
-    assert!(2 * sampled_same >= sampled_rows, "{sampled_same}/{sampled_rows}");
+    assert!(
+        2 * sampled_same >= sampled_rows,
+        "{sampled_same}/{sampled_rows}"
+    );
 }

@@ -65,7 +65,12 @@ fn warped_weights(logits: &Tensor, max: &Tensor, params: &SamplingParams) -> Res
     if params.top_k > 0 && params.top_k < vocab {
         // The k-th largest weight: the largest v with at least k weights >= v.
         let k = params.top_k as f64;
-        let floor = threshold(&w, |v| Ok(w.broadcast_ge(v)?.to_dtype(DType::F64)?.sum_keepdim(1)?.ge(k)?))?;
+        let floor = threshold(&w, |v| {
+            Ok(w.broadcast_ge(v)?
+                .to_dtype(DType::F64)?
+                .sum_keepdim(1)?
+                .ge(k)?)
+        })?;
         w = w.broadcast_ge(&floor)?.where_cond(&w, &w.zeros_like()?)?;
     }
     if params.top_p < 1.0 {
@@ -114,7 +119,9 @@ fn threshold(w: &Tensor, holds: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Te
         hi = ok.where_cond(&hi, &mid)?;
     }
     // The one weight value in [lo, hi): the smallest weight at or above lo.
-    let above = w.broadcast_ge(&lo)?.where_cond(w, &Tensor::full(3.0, w.shape(), dev)?)?;
+    let above = w
+        .broadcast_ge(&lo)?
+        .where_cond(w, &Tensor::full(3.0, w.shape(), dev)?)?;
     let value = above.min_keepdim(1)?;
     Ok(none.where_cond(&full(0.0)?, &value)?)
 }
@@ -124,11 +131,17 @@ fn threshold(w: &Tensor, holds: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Te
 fn inverse_cdf(w: &Tensor, u: &Tensor) -> Result<Tensor> {
     let target = (w.sum_keepdim(1)? * u)?;
     let cum = prefix_sum(w)?;
-    let below = cum.broadcast_le(&target)?.to_dtype(DType::F64)?.sum_keepdim(1)?;
+    let below = cum
+        .broadcast_le(&target)?
+        .to_dtype(DType::F64)?
+        .sum_keepdim(1)?;
     let ids = Tensor::arange(0u32, w.dim(1)? as u32, w.device())?
         .to_dtype(DType::F64)?
         .unsqueeze(0)?;
-    let last = w.ne(0.0)?.where_cond(&ids.broadcast_as(w.shape())?, &w.zeros_like()?)?.max_keepdim(1)?;
+    let last = w
+        .ne(0.0)?
+        .where_cond(&ids.broadcast_as(w.shape())?, &w.zeros_like()?)?
+        .max_keepdim(1)?;
     Ok(below.minimum(&last)?.to_dtype(DType::U32)?)
 }
 
@@ -216,7 +229,9 @@ mod tests {
             };
             for step in 0..12u64 {
                 let data = logits(rows, vocab, 1000 * case as u64 + step);
-                let mut host_rngs: Vec<RowRng> = (0..rows as u64).map(|r| RowRng::new(step * 31 + r)).collect();
+                let mut host_rngs: Vec<RowRng> = (0..rows as u64)
+                    .map(|r| RowRng::new(step * 31 + r))
+                    .collect();
                 let mut dev_rngs = host_rngs.clone();
                 let want: Vec<(u32, f64)> = data
                     .iter()
@@ -234,7 +249,10 @@ mod tests {
                 let flat: Vec<f32> = data.concat();
                 let t = Tensor::from_vec(flat, (rows, vocab), &Device::Cpu).unwrap();
                 let got = sample_on_device(&t, &params, &uniforms).unwrap();
-                assert_eq!(got, want, "T {temperature} top-p {top_p} top-k {top_k} step {step}");
+                assert_eq!(
+                    got, want,
+                    "T {temperature} top-p {top_p} top-k {top_k} step {step}"
+                );
             }
         }
     }

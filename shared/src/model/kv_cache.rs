@@ -62,11 +62,16 @@ impl KvCache {
         let in_place = past + t <= self.capacity && !k.track_op() && !v.track_op();
         let layer = &mut self.layers[i];
         if in_place && layer.is_none() {
-            *layer = Some((reserved(k, self.capacity, past)?, reserved(v, self.capacity, past)?));
+            *layer = Some((
+                reserved(k, self.capacity, past)?,
+                reserved(v, self.capacity, past)?,
+            ));
         } else if in_place {
             if let Some((kb, vb)) = layer.as_ref() {
-                kb.narrow(0, 0, rows)?.slice_set(&k.contiguous()?, 2, past)?;
-                vb.narrow(0, 0, rows)?.slice_set(&v.contiguous()?, 2, past)?;
+                kb.narrow(0, 0, rows)?
+                    .slice_set(&k.contiguous()?, 2, past)?;
+                vb.narrow(0, 0, rows)?
+                    .slice_set(&v.contiguous()?, 2, past)?;
             }
         } else {
             let grown = match layer.take() {
@@ -270,7 +275,10 @@ mod tests {
         reserved.reserve(9).unwrap();
         let buffer = reserved.layers[0].as_ref().unwrap().0.id();
         for s in 0..4 {
-            let (k, v) = (step(grown.rows(), 1, s as f64), step(grown.rows(), 1, -(s as f64)));
+            let (k, v) = (
+                step(grown.rows(), 1, s as f64),
+                step(grown.rows(), 1, -(s as f64)),
+            );
             let a = grown.append(0, &k, &v).unwrap();
             let b = reserved.append(0, &k, &v).unwrap();
             grown.advance(1);
@@ -278,7 +286,13 @@ mod tests {
             for (x, y) in [(&a.0, &b.0), (&a.1, &b.1)] {
                 assert_eq!(x.dims(), y.dims());
                 let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
-                assert_eq!(diff.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+                assert_eq!(
+                    diff.to_dtype(DType::F32)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap(),
+                    0.0
+                );
             }
             // The reserved buffers are the same tensors throughout: written in place.
             assert_eq!(reserved.layers[0].as_ref().unwrap().0.id(), buffer);

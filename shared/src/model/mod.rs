@@ -22,9 +22,11 @@ mod weights;
 pub use chat_template::ChatTemplate;
 pub use checkpoint::Checkpoint;
 pub use config::{Arch, Head, ModelConfig, RopeScaling};
-pub use error::{ModelError, Result};
 pub use device_sampling::sample_on_device;
-pub use generation::{generate, generate_with, Finish, GenerationOutput, GenerationRequest, Sampler};
+pub use error::{ModelError, Result};
+pub use generation::{
+    generate, generate_with, Finish, GenerationOutput, GenerationRequest, Sampler,
+};
 pub use kv_cache::KvCache;
 pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,

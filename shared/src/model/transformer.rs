@@ -270,18 +270,24 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, _, _, d) = q.dims4()?;
         let groups = |x: &Tensor, rows: usize| {
-            x.reshape((rows, self.num_kv_heads, self.num_heads / self.num_kv_heads, d))
+            x.reshape((
+                rows,
+                self.num_kv_heads,
+                self.num_heads / self.num_kv_heads,
+                d,
+            ))
         };
-        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let wide = ops::at_least_f32(scores.dtype());
-            let mut scores = scores.to_dtype(wide)?;
-            if let Some(m) = mask {
-                scores = scores.broadcast_add(&m.to_dtype(wide)?)?;
-            }
-            let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-            Ok(probs.matmul(v)?)
-        };
+        let attend =
+            |q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
+                let scores = (q.matmul(&k.t()?)? * scale)?;
+                let wide = ops::at_least_f32(scores.dtype());
+                let mut scores = scores.to_dtype(wide)?;
+                if let Some(m) = mask {
+                    scores = scores.broadcast_add(&m.to_dtype(wide)?)?;
+                }
+                let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+                Ok(probs.matmul(v)?)
+            };
         if !q.device().is_cpu() {
             let y = attend(&groups(q, b)?, k, v, Some(mask))?;
             return Ok(y.reshape((b, self.num_heads, 1, d))?);
