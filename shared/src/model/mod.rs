@@ -10,6 +10,7 @@ mod chat_template;
 mod checkpoint;
 mod config;
 mod device;
+mod device_sampling;
 mod error;
 mod fused;
 mod generation;
@@ -26,8 +27,11 @@ pub use chat_template::ChatTemplate;
 pub use checkpoint::Checkpoint;
 pub use config::{Arch, Head, ModelConfig, RopeScaling};
 pub use device::{dtype_for, dtype_name, parse_device};
+pub use device_sampling::sample_on_device;
 pub use error::{ModelError, Result};
-pub use generation::{generate, Finish, GenerationOutput, GenerationRequest};
+pub use generation::{
+    generate, generate_with, Finish, GenerationOutput, GenerationRequest, Sampler,
+};
 pub use kv_cache::KvCache;
 pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,
