@@ -1,6 +1,7 @@
 //! Hugging Face checkpoints and the one differentiable transformer every stage runs.
 //!
-//! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template).
+//! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template), or a GGUF
+//!   file read as the equivalent one ([`GgufModel`]).
 //! - [`Transformer`]: the Llama-family decoder with a causal-LM or reward head.
 //! - [`teacher_forced_logprobs`]: per-token log-probs of responses, chunked over the vocabulary.
 
@@ -10,6 +11,8 @@ mod config;
 mod error;
 mod fused;
 mod generation;
+mod gguf;
+mod gguf_tokenizer;
 mod kv_cache;
 mod logprobs;
 pub mod ops;
@@ -23,6 +26,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{Arch, Head, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generation::{generate, Finish, GenerationOutput, GenerationRequest};
+pub use gguf::{gguf_file, GgufModel};
 pub use kv_cache::KvCache;
 pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,

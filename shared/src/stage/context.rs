@@ -77,15 +77,16 @@ impl StageOutput {
     }
 }
 
-/// A model directory, or a Hugging Face Hub id downloaded into the usual cache.
+/// A model directory, a GGUF file, or a Hugging Face Hub id downloaded into the usual cache.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
-    if path.is_dir() {
+    if path.is_dir() || crate::model::gguf_file(path)?.is_some() {
         return Ok(path.to_path_buf());
     }
     if path.exists() {
         bail!(
-            "model {spec}: not a directory (expected a Hugging Face model directory or a Hub id)"
+            "model {spec}: not a directory or a .gguf file (expected a Hugging Face model \
+             directory, a GGUF file or a Hub id)"
         );
     }
     crate::hub::download(spec)

@@ -6,7 +6,8 @@
 //! `transformers.AutoModelForCausalLM.from_pretrained` both read: the tensors under the
 //! checkpoint's names in safetensors with `format: pt` metadata (sharded with an index past
 //! [`MAX_SHARD_BYTES`]), and the source directory's config, tokenizer, chat template and
-//! generation config copied. Directories appear complete or not at all.
+//! generation config copied (from a GGUF source: derived from its metadata). Directories appear
+//! complete or not at all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor, Var};
 
 use super::lora::{self, LoraError, LoraSpec, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use crate::model::{save_safetensors, ModelConfig, ModelError, Transformer, Weights};
+use crate::model::{
+    gguf_file, save_safetensors, GgufModel, ModelConfig, ModelError, Transformer, Weights,
+};
 
 /// Shard size past which weights are split, as `save_pretrained`'s default (5 GB).
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
@@ -250,9 +253,17 @@ fn weights_dtype(weights: &Weights) -> DType {
         .map_or(DType::F32, |t| t.dtype())
 }
 
-/// Files of a model directory that are not weights: config, tokenizer, chat template,
-/// generation config and the like.
-fn companion_files(src: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+/// Files of a model directory that are not weights (config, tokenizer, chat template,
+/// generation config and the like), by name with their contents. A GGUF model has them in its
+/// metadata: they are written out as a Hugging Face folder has them.
+fn companion_files(src: &Path) -> Result<Vec<(String, Vec<u8>)>, CheckpointError> {
+    if let Some(file) = gguf_file(src)? {
+        let files = GgufModel::open(&file)?.hf_files()?;
+        return Ok(files
+            .into_iter()
+            .map(|(name, text)| (name.to_string(), text.into_bytes()))
+            .collect());
+    }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(src).map_err(io(src))? {
         let path = entry.map_err(io(src))?.path();
@@ -266,7 +277,7 @@ fn companion_files(src: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
             || name.ends_with(".index.json")
             || name == ADAPTER_CONFIG;
         if path.is_file() && !weights && !name.starts_with('.') {
-            files.push(path);
+            files.push((name.to_string(), std::fs::read(&path).map_err(io(&path))?));
         }
     }
     files.sort();
@@ -280,6 +291,14 @@ fn tokenizer_file(name: &str) -> bool {
         || name.starts_with("chat_template")
         || name == "vocab.json"
         || name == "merges.txt"
+}
+
+fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), CheckpointError> {
+    for (name, bytes) in files {
+        let to = dir.join(name);
+        std::fs::write(&to, bytes).map_err(io(&to))?;
+    }
+    Ok(())
 }
 
 /// Writes a directory through a temporary sibling and renames it into place; an existing
@@ -387,10 +406,7 @@ pub fn write_model_dir_sharded(
 ) -> Result<(), CheckpointError> {
     let companions = companion_files(source)?;
     write_dir_atomically(dest, |dir| {
-        for file in &companions {
-            let to = dir.join(file.file_name().expect("a file name"));
-            std::fs::copy(file, &to).map_err(io(&to))?;
-        }
+        write_files(dir, &companions)?;
         write_weights(dir, tensors, max_shard)
     })
 }
@@ -403,20 +419,13 @@ pub fn write_adapter_dir(
     spec: &LoraSpec,
     dest: &Path,
 ) -> Result<(), CheckpointError> {
-    let tokenizer_files: Vec<PathBuf> = companion_files(base)?
+    let tokenizer_files: Vec<(String, Vec<u8>)> = companion_files(base)?
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(tokenizer_file)
-        })
+        .filter(|(name, _)| tokenizer_file(name))
         .collect();
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
     write_dir_atomically(dest, |dir| {
-        for file in &tokenizer_files {
-            let to = dir.join(file.file_name().expect("a file name"));
-            std::fs::copy(file, &to).map_err(io(&to))?;
-        }
+        write_files(dir, &tokenizer_files)?;
         save_safetensors(&lora::peft_tensors(params), &dir.join(ADAPTER_WEIGHTS))?;
         let path = dir.join(ADAPTER_CONFIG);
         let text =
