@@ -307,7 +307,7 @@ mod tests {
         let ours = build(&vocab);
         for text in [
             "Hello world",
-            "  two leading spaces and   three inside",
+            "two spaces  and   three inside",
             "What is 1234 + 5678?\nThe answer: 6912.",
             "naïve café — 東京 🙂 \t tab",
             "[INST] Name two primary colors. [/INST]",
@@ -323,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn sentencepiece_prefixes_a_space_after_each_special_token_as_llama_cpp() {
+    fn sentencepiece_prefixes_a_space_as_llama_cpp() {
         // llama.cpp prepends the space to every stretch of text after a special token; the
         // fixture's tokenizer.json (Metaspace, prepend_scheme "first") does so only at the start.
         let (vocab, hf) = mistral_as_gguf();
@@ -335,6 +335,11 @@ mod tests {
         assert_eq!(&got[1..], &plain[..]);
         let hf_ids = hf.encode(text, false).unwrap().get_ids().to_vec();
         assert_ne!(got, hf_ids, "the two conventions should differ here");
+        // Leading spaces: llama.cpp (like SentencePiece) still prepends one; Metaspace does not
+        // when the text already starts with a space.
+        let ours_2 = ours.encode("  two", false).unwrap().get_ids().to_vec();
+        assert_eq!(ours_2, hf.encode("   two", false).unwrap().get_ids().to_vec());
+        assert_ne!(ours_2, hf.encode("  two", false).unwrap().get_ids().to_vec());
     }
 
     #[test]
