@@ -29,7 +29,7 @@ struct Args {
     /// [score] section apply).
     #[arg(long)]
     judge: Option<String>,
-    /// The judge's model for reward-model (directory or Hub id).
+    /// The judge's model for reward-model (directory, Hub id or GGUF file).
     #[arg(long)]
     judge_model: Option<String>,
     /// `reference` (the prompts' reference answers) or a model whose responses are the

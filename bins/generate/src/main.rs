@@ -47,7 +47,7 @@ struct Common {
 
 #[derive(Args)]
 struct SampleArgs {
-    /// Policy: a Hugging Face model directory or Hub id.
+    /// Policy: a Hugging Face model directory, Hub id or GGUF file.
     #[arg(long)]
     model: String,
     /// Prompts: Parquet with `prompt` (one user turn) or `messages`, optional `prompt_id`.
@@ -89,7 +89,7 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct LogprobsArgs {
-    /// The model whose log-probs are computed (directory or Hub id).
+    /// The model whose log-probs are computed (directory, Hub id or GGUF file).
     #[arg(long)]
     model: String,
     /// samples.parquet from `generate sample`.

@@ -46,7 +46,7 @@ struct Cli {
     /// [default: reward-model].
     #[arg(long)]
     judge: Option<String>,
-    /// reward-model, pairrm: the judge, a Hugging Face model directory or Hub id.
+    /// reward-model, pairrm: the judge, a Hugging Face model directory, Hub id or GGUF file.
     #[arg(long, value_name = "DIR_OR_HUB_ID")]
     judge_model: Option<String>,
     /// pairrm: pairwise (mean of both orders) or sppo (group-aggregated) [default: pairwise].
