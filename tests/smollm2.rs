@@ -4,10 +4,9 @@
 //! GGUF the tests skip with a message, except under CI=true, where its absence fails them.
 
 use candle_core::{DType, Device};
-use e2e::{ok, s, Scratch};
+use e2e::{ok, s, write_prompts, Scratch};
 use rspo::data::{
-    read_rows, write_rows, FileKind, FileMeta, FinishReason, Message, PromptRow, SampleRow,
-    WinrateRow,
+    read_rows, write_rows, FileKind, FileMeta, FinishReason, Message, SampleRow, WinrateRow,
 };
 use rspo::model::{teacher_forced_logprobs, Checkpoint, PromptResponse};
 use serde_json::Value;
@@ -15,33 +14,10 @@ use std::path::{Path, PathBuf};
 
 #[path = "../shared/tests/support/mod.rs"]
 mod support;
-use support::{fixture, smollm2_gguf};
+use support::{expected_json, ids, smollm2_gguf};
 
 fn expected() -> Value {
-    let text = std::fs::read_to_string(fixture("smollm2-135m/expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn write_prompts(path: &Path, texts: &[&str]) {
-    let rows: Vec<PromptRow> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| PromptRow {
-            prompt_id: format!("p{i}"),
-            messages: vec![Message::user(*t)],
-            reference: None,
-        })
-        .collect();
-    let meta = FileMeta::new(FileKind::Prompts, "test", "smollm2-prompts");
-    write_rows(path, &meta, &rows).unwrap();
+    expected_json("smollm2-135m")
 }
 
 #[test]

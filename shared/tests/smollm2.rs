@@ -13,19 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 mod support;
-use support::{fixture, smollm2_gguf};
+use support::{expected_json, ids, smollm2_gguf};
 
 fn expected() -> Value {
-    let text = std::fs::read_to_string(fixture("smollm2-135m/expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    expected_json("smollm2-135m")
 }
 
 /// The model, loaded once for every test of this file (f32 on the CPU).

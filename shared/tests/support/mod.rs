@@ -54,3 +54,18 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     eprintln!("SKIPPED: {message}");
     None
 }
+
+/// A fixture's `expected.json` (`name` is its folder, e.g. `smollm2-135m`).
+pub fn expected_json(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON list of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
