@@ -1,6 +1,7 @@
 //! Hugging Face checkpoints and the one differentiable transformer every stage runs.
 //!
-//! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template).
+//! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template), or a GGUF
+//!   file read as the equivalent one ([`GgufModel`]).
 //! - [`Transformer`]: the Llama-family decoder with a causal-LM or reward head.
 //! - [`teacher_forced_logprobs`]: per-token log-probs of responses, chunked over the vocabulary.
 //! - [`resolve_model`], [`model_ref`], [`parse_device`], [`dtype_for`]: a model as the command
@@ -14,6 +15,8 @@ mod device_sampling;
 mod error;
 mod fused;
 mod generation;
+mod gguf;
+mod gguf_tokenizer;
 mod kv_cache;
 mod logprobs;
 pub mod ops;
@@ -32,6 +35,7 @@ pub use error::{ModelError, Result};
 pub use generation::{
     generate, generate_with, Finish, GenerationOutput, GenerationRequest, Sampler,
 };
+pub use gguf::{gguf_file, GgufModel};
 pub use kv_cache::KvCache;
 pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,
