@@ -94,7 +94,7 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
 /// The model's identity for fingerprints: its weights' digest (cached) and the files that shape
 /// its text (config, tokenizer, chat template).
 pub fn model_ref(dir: &Path) -> Result<ModelRef> {
-    let weights = model_digest(dir, &default_cache_dir())
+    let weights = model_digest(dir, &default_cache_dir(), crate::data::DigestCache::Reuse)
         .with_context(|| format!("cannot fingerprint the model {}", dir.display()))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(weights.as_bytes());
