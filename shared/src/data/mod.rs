@@ -25,7 +25,7 @@ mod prompts;
 mod rows;
 pub mod schema;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod train_log;
 
 pub use chunks::{chunk_dir, ChunkStore, CHUNK_KEYS, CHUNK_STAGE};
