@@ -685,3 +685,67 @@ fn hub_ids_resolve_offline_from_the_cache_under_hf_home() {
         "{stderr}"
     );
 }
+
+#[test]
+fn json_lines_prompts_sample_as_their_parquet_twin() {
+    let t = Scratch::new("gen-jsonl");
+    let model = fixture("tiny-llama");
+    let parquet = t.path("prompts.parquet");
+    write_prompts(&parquet, &TEXTS[..3]);
+    let jsonl = t.path("prompts.jsonl");
+    let lines: Vec<String> = TEXTS[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            serde_json::json!({"prompt_id": format!("p{i:03}"), "prompt": text}).to_string()
+        })
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
+    let (a, b) = (t.path("a.parquet"), t.path("b.parquet"));
+    ok(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&parquet), s(&a), &[]),
+    );
+    ok(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&jsonl), s(&b), &[]),
+    );
+    let (_, from_parquet) = read_rows::<SampleRow>(&a).unwrap();
+    let (meta, from_jsonl) = read_rows::<SampleRow>(&b).unwrap();
+    assert_eq!(from_jsonl, from_parquet);
+    assert_eq!(
+        meta.inputs[0].fingerprint,
+        rspo::data::file_digest(&jsonl).unwrap(),
+        "a JSON prompt file's fingerprint is the blake3 of its bytes"
+    );
+    let again = ok(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&jsonl), s(&b), &[]),
+    );
+    assert!(again.contains("up to date"), "{again}");
+
+    // A conversation that ends with the answer is not a prompt.
+    let chat = t.path("chat.jsonl");
+    std::fs::write(
+        &chat,
+        r#"{"prompt_id": "c1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
+    )
+    .unwrap();
+    let out = t.path("c.parquet");
+    let err = fails(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&chat), s(&out), &[]),
+    );
+    assert!(
+        err.contains(&format!(
+            "{}: prompt 'c1' (line 1) ends with an assistant turn",
+            chat.display()
+        )),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

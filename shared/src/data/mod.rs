@@ -6,7 +6,8 @@
 //!   struct per kind, converted to and from Arrow record batches.
 //! - [`FileMeta`]: the `rspo.*` Parquet key-value metadata every file carries.
 //! - [`read_rows`], [`read_prompts`], [`read_meta`], [`write_rows`], [`write_atomically`]:
-//!   checked reads, atomic and byte-reproducible writes.
+//!   checked reads, atomic and byte-reproducible writes; prompt files may also be JSON Lines or
+//!   JSON arrays.
 //! - [`stage_fingerprint`], [`canonical_json`], [`prompt_id_for`], [`row_seed`]: hashing.
 //! - [`model_digest`]: cached digests of model weights ([`DigestCache`] says whether to reuse).
 //! - [`ChunkStore`]: resumable chunked output for long stages.
@@ -20,6 +21,7 @@ mod digest;
 mod error;
 mod fingerprint;
 mod io;
+mod json_prompts;
 mod metadata;
 mod prompts;
 mod rows;
