@@ -367,6 +367,12 @@ mod tests {
         }
     }
 
+    /// The digest of a model of one weight file holding `bytes`, made in `dir` with a fresh cache.
+    fn uncached_digest(dir: &Path, bytes: &[u8]) -> String {
+        model(&dir.join("model"), &[("model.safetensors", bytes)]);
+        model_digest(&dir.join("model"), &dir.join("cache"), DigestCache::Reuse).expect("digest")
+    }
+
     #[test]
     fn weights_swapped_with_their_mtime_kept_get_a_fresh_digest() {
         let tmp = TempDir::new();
@@ -384,17 +390,11 @@ mod tests {
         fs::write(&weights, b"weights-b").expect("write");
         keep_mtime(&weights, mtime, before);
         let copied = model_digest(&dir, &cache, DigestCache::Reuse).expect("digest");
-        model(
-            &tmp.path().join("b"),
-            &[("model.safetensors", b"weights-b")],
+        assert_eq!(
+            copied,
+            uncached_digest(&tmp.path().join("b"), b"weights-b"),
+            "cp -p: the digest of the new bytes"
         );
-        let expected_b = model_digest(
-            &tmp.path().join("b"),
-            &tmp.path().join("cache-b"),
-            DigestCache::Reuse,
-        )
-        .expect("digest b");
-        assert_eq!(copied, expected_b, "cp -p: the digest of the new bytes");
         assert_ne!(copied, first);
 
         // `rsync -a`: a new file (new inode) renamed over the old one, with the old mtime.
@@ -403,19 +403,9 @@ mod tests {
         fs::write(&staged, b"weights-c").expect("write");
         keep_mtime(&staged, mtime, before);
         fs::rename(&staged, &weights).expect("rename");
-        model(
-            &tmp.path().join("c"),
-            &[("model.safetensors", b"weights-c")],
-        );
-        let expected_c = model_digest(
-            &tmp.path().join("c"),
-            &tmp.path().join("cache-c"),
-            DigestCache::Reuse,
-        )
-        .expect("digest c");
         assert_eq!(
             model_digest(&dir, &cache, DigestCache::Reuse).expect("digest"),
-            expected_c,
+            uncached_digest(&tmp.path().join("c"), b"weights-c"),
             "rsync -a: the digest of the new bytes"
         );
     }

@@ -826,12 +826,7 @@ mod tests {
         );
         assert_eq!(meta.schema, "prompts/v1");
         assert_eq!(meta.stage, EXTERNAL_STAGE);
-        assert_eq!(
-            meta.fingerprint,
-            blake3::hash(&fs::read(&path).expect("bytes"))
-                .to_hex()
-                .to_string()
-        );
+        assert_eq!(meta.fingerprint, bytes_digest(&path));
     }
 
     /// A pyarrow-style messages column: items called `element`, struct fields content-first.
@@ -989,6 +984,13 @@ mod tests {
         }
     }
 
+    /// blake3 of the file's bytes, computed here rather than by the reader.
+    fn bytes_digest(path: &Path) -> String {
+        blake3::hash(&fs::read(path).expect("bytes"))
+            .to_hex()
+            .to_string()
+    }
+
     /// The repository's shipped prompt sets, whose Parquet files pyarrow wrote from the JSONL.
     fn shipped(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1007,12 +1009,7 @@ mod tests {
             assert!(rows.len() >= 50);
             assert_eq!(meta.schema, "prompts/v1");
             assert_eq!(meta.stage, EXTERNAL_STAGE);
-            assert_eq!(
-                meta.fingerprint,
-                blake3::hash(&fs::read(&jsonl).expect("bytes"))
-                    .to_hex()
-                    .to_string()
-            );
+            assert_eq!(meta.fingerprint, bytes_digest(&jsonl));
         }
     }
 
@@ -1047,12 +1044,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(
-            meta.fingerprint,
-            blake3::hash(&fs::read(&path).expect("bytes"))
-                .to_hex()
-                .to_string()
-        );
+        assert_eq!(meta.fingerprint, bytes_digest(&path));
 
         let path = dir.path().join("alpaca.ndjson");
         fs::write(
