@@ -600,3 +600,152 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     let out2 = run(&t, "generate", &["sample"]);
     assert!(!out2.status.success());
 }
+
+/// Copies the model folder `from` into a Hub cache as the Hub client lays it out: bytes in
+/// `blobs/<hash>`, `snapshots/<revision>/<name>` relative symlinks to them, `refs/main`.
+fn hub_cache(cache: &Path, id: &str, from: &Path) -> std::path::PathBuf {
+    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
+    let revision = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(revision);
+    for dir in [repo.join("blobs"), repo.join("refs"), snapshot.clone()] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(repo.join("refs/main"), revision).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        // The client names blobs by their etag; any unique name serves here.
+        let blob = format!("blob-{}", path.file_name().unwrap().to_string_lossy());
+        std::fs::copy(&path, repo.join("blobs").join(&blob)).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{blob}"),
+            snapshot.join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    snapshot
+}
+
+/// A stage run on an offline machine with a shared Hugging Face cache under `HF_HOME`.
+fn run_offline(t: &Scratch, args: &[&str]) -> std::process::Output {
+    Command::new(e2e::bin("generate"))
+        .args(args)
+        .env("RSPO_CACHE_DIR", t.path(".cache"))
+        .env("HOME", t.path("home"))
+        .env("HF_HOME", t.path("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        // Nothing listens here: a request would fail.
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HUGGINGFACE_HUB_CACHE")
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn hub_ids_resolve_offline_from_the_cache_under_hf_home() {
+    let t = Scratch::new("gen-hub-offline");
+    let model = fixture("tiny-llama");
+    let snapshot = hub_cache(&t.path("hf/hub"), "org/tiny-llama", &model);
+    let prompts = t.path("prompts.parquet");
+    write_prompts(&prompts, &TEXTS[..2]);
+    let (from_hub, from_dir) = (t.path("hub.parquet"), t.path("dir.parquet"));
+
+    let out = run_offline(
+        &t,
+        &sample_args("org/tiny-llama", s(&prompts), s(&from_hub), &[]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    ok(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&prompts), s(&from_dir), &[]),
+    );
+    let (_, hub_rows) = read_rows::<SampleRow>(&from_hub).unwrap();
+    let (_, dir_rows) = read_rows::<SampleRow>(&from_dir).unwrap();
+    assert_eq!(
+        hub_rows, dir_rows,
+        "the same model, from the cache or its folder"
+    );
+
+    // A file missing from the snapshot is named, and nothing is fetched.
+    std::fs::remove_file(snapshot.join("tokenizer.json")).unwrap();
+    let out = run_offline(
+        &t,
+        &sample_args("org/tiny-llama", s(&prompts), s(&t.path("x.parquet")), &[]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+            snapshot.join("tokenizer.json").display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_lines_prompts_sample_as_their_parquet_twin() {
+    let t = Scratch::new("gen-jsonl");
+    let model = fixture("tiny-llama");
+    let parquet = t.path("prompts.parquet");
+    write_prompts(&parquet, &TEXTS[..3]);
+    let jsonl = t.path("prompts.jsonl");
+    let lines: Vec<String> = TEXTS[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            serde_json::json!({"prompt_id": format!("p{i:03}"), "prompt": text}).to_string()
+        })
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
+    let (a, b) = (t.path("a.parquet"), t.path("b.parquet"));
+    ok(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&parquet), s(&a), &[]),
+    );
+    ok(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&jsonl), s(&b), &[]),
+    );
+    let (_, from_parquet) = read_rows::<SampleRow>(&a).unwrap();
+    let (meta, from_jsonl) = read_rows::<SampleRow>(&b).unwrap();
+    assert_eq!(from_jsonl, from_parquet);
+    assert_eq!(
+        meta.inputs[0].fingerprint,
+        rspo::data::file_digest(&jsonl).unwrap(),
+        "a JSON prompt file's fingerprint is the blake3 of its bytes"
+    );
+    let again = ok(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&jsonl), s(&b), &[]),
+    );
+    assert!(again.contains("up to date"), "{again}");
+
+    // A conversation that ends with the answer is not a prompt.
+    let chat = t.path("chat.jsonl");
+    std::fs::write(
+        &chat,
+        r#"{"prompt_id": "c1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
+    )
+    .unwrap();
+    let out = t.path("c.parquet");
+    let err = fails(
+        &t,
+        "generate",
+        &sample_args(s(&model), s(&chat), s(&out), &[]),
+    );
+    assert!(
+        err.contains(&format!(
+            "{}: prompt 'c1' (line 1) ends with an assistant turn",
+            chat.display()
+        )),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -1,7 +1,9 @@
 //! Content digests of files and models. A model's digest is blake3 over its `*.safetensors`
 //! weight files (or its GGUF file); each file's digest is cached outside the model directory (which may be
-//! read-only) keyed by canonical path, size and modification time, so multi-GB weights are hashed
-//! once.
+//! read-only), so multi-GB weights are hashed once. A cache entry holds only while the file's
+//! canonical path, size, modification time, device, inode and change time are all unchanged:
+//! `cp -p` and `rsync -a` keep the mtime of swapped weights, but not the inode or ctime, which
+//! users cannot set.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -42,21 +44,66 @@ pub fn file_digest(path: &Path) -> Result<String, DataError> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
-/// One cached file digest; the key fields are stored too, to check a hit.
+/// Whether [`model_digest`] may use cached file digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestCache {
+    /// Use the entry of a file whose state ([`FileState`]) is unchanged.
+    Reuse,
+    /// Hash every file again and replace its entry (a stage's `--force`).
+    Recompute,
+}
+
+impl DigestCache {
+    /// `Recompute` when `force`, else `Reuse`.
+    pub fn recompute_if(force: bool) -> Self {
+        if force {
+            DigestCache::Recompute
+        } else {
+            DigestCache::Reuse
+        }
+    }
+}
+
+/// What a cached digest was computed for. The kernel sets a file's device, inode and change time
+/// (ctime) on every write and every rename into place, and no user call sets them back, so an
+/// entry holds only for the very file it was made from.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct CachedDigest {
+struct FileState {
     path: String,
     size: u64,
     mtime_ns: u64,
+    device: u64,
+    inode: u64,
+    ctime_s: i64,
+    ctime_nsec: i64,
+}
+
+/// One cache entry.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct CachedDigest {
+    state: FileState,
     digest: String,
 }
 
-/// Where a file's digest is cached: `<cache_dir>/file-digests/<blake3 of the key>.json`, and
-/// the entry it should hold (without the digest). None when the file has no usable mtime.
-fn cache_entry(
-    path: &Path,
-    cache_dir: &Path,
-) -> Result<Option<(PathBuf, CachedDigest)>, DataError> {
+#[cfg(unix)]
+fn device_inode_ctime(metadata: &fs::Metadata) -> (u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        metadata.dev(),
+        metadata.ino(),
+        metadata.ctime(),
+        metadata.ctime_nsec(),
+    )
+}
+
+#[cfg(not(unix))]
+fn device_inode_ctime(_: &fs::Metadata) -> (u64, u64, i64, i64) {
+    (0, 0, 0, 0)
+}
+
+/// Where a file's digest is cached, `<cache_dir>/file-digests/<blake3 of its canonical
+/// path>.json`, and the file's state now. None when the file has no usable mtime.
+fn cache_entry(path: &Path, cache_dir: &Path) -> Result<Option<(PathBuf, FileState)>, DataError> {
     let canonical = fs::canonicalize(path).map_err(|e| DataError::io(path, "cannot resolve", e))?;
     let metadata = fs::metadata(&canonical).map_err(|e| DataError::io(path, "cannot stat", e))?;
     let mtime_ns = metadata
@@ -67,35 +114,45 @@ fn cache_entry(
     let Some(mtime_ns) = mtime_ns else {
         return Ok(None);
     };
-    let entry = CachedDigest {
+    let (device, inode, ctime_s, ctime_nsec) = device_inode_ctime(&metadata);
+    let state = FileState {
         path: canonical.to_string_lossy().into_owned(),
         size: metadata.len(),
         mtime_ns,
-        digest: String::new(),
+        device,
+        inode,
+        ctime_s,
+        ctime_nsec,
     };
-    let key = format!("{}\n{}\n{}", entry.path, entry.size, entry.mtime_ns);
+    let key = format!("rspo.file-digest.v2\n{}", state.path);
     let name = format!("{}.json", blake3::hash(key.as_bytes()).to_hex());
-    Ok(Some((cache_dir.join("file-digests").join(name), entry)))
+    Ok(Some((cache_dir.join("file-digests").join(name), state)))
 }
 
-/// [`file_digest`], cached in `cache_dir` by canonical path, size and mtime. An unreadable or
-/// stale cache entry is recomputed and replaced.
-pub fn cached_file_digest(path: &Path, cache_dir: &Path) -> Result<String, DataError> {
-    let Some((cache_file, mut entry)) = cache_entry(path, cache_dir)? else {
+/// [`file_digest`], cached in `cache_dir`: an entry is used (with `DigestCache::Reuse`) only
+/// while the file's state is the one it was computed for; otherwise the file is hashed and the
+/// entry replaced. The state is taken before hashing, so a file changed meanwhile is hashed again
+/// next time.
+pub fn cached_file_digest(
+    path: &Path,
+    cache_dir: &Path,
+    cache: DigestCache,
+) -> Result<String, DataError> {
+    let Some((cache_file, state)) = cache_entry(path, cache_dir)? else {
         return file_digest(path);
     };
-    let hit = fs::read_to_string(&cache_file)
-        .ok()
+    let hit = (cache == DigestCache::Reuse)
+        .then(|| fs::read_to_string(&cache_file).ok())
+        .flatten()
         .and_then(|text| serde_json::from_str::<CachedDigest>(&text).ok())
-        .filter(|cached| {
-            cached.path == entry.path
-                && cached.size == entry.size
-                && cached.mtime_ns == entry.mtime_ns
-        });
+        .filter(|cached| cached.state == state);
     if let Some(cached) = hit {
         return Ok(cached.digest);
     }
-    entry.digest = file_digest(path)?;
+    let entry = CachedDigest {
+        state,
+        digest: file_digest(path)?,
+    };
     write_atomically(&cache_file, |out| {
         serde_json::to_writer(out, &entry).map_err(|e| {
             DataError::io(
@@ -140,8 +197,13 @@ pub fn weight_files(model_dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// A model's digest (hex): blake3 over each weight file's name and digest, in file-name order.
-/// Per-file digests are cached in `cache_dir`; nothing is written into `model_dir`.
-pub fn model_digest(model_dir: &Path, cache_dir: &Path) -> Result<String, DataError> {
+/// Per-file digests are cached in `cache_dir` as `cache` says; nothing is written into
+/// `model_dir`.
+pub fn model_digest(
+    model_dir: &Path,
+    cache_dir: &Path,
+    cache: DigestCache,
+) -> Result<String, DataError> {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"rspo.model-digest.v1");
     for file in weight_files(model_dir)? {
@@ -149,7 +211,7 @@ pub fn model_digest(model_dir: &Path, cache_dir: &Path) -> Result<String, DataEr
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let digest = cached_file_digest(&file, cache_dir)?;
+        let digest = cached_file_digest(&file, cache_dir, cache)?;
         for part in [name.as_bytes(), digest.as_bytes()] {
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part);
@@ -198,15 +260,15 @@ mod tests {
         ];
         model(&tmp.path().join("a"), weights);
         model(&tmp.path().join("b"), weights);
-        let a = model_digest(&tmp.path().join("a"), &cache).expect("digest a");
-        let b = model_digest(&tmp.path().join("b"), &cache).expect("digest b");
+        let a = model_digest(&tmp.path().join("a"), &cache, DigestCache::Reuse).expect("digest a");
+        let b = model_digest(&tmp.path().join("b"), &cache, DigestCache::Reuse).expect("digest b");
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
 
         // Non-weight files do not count; weight contents and names do.
         fs::write(tmp.path().join("a/config.json"), b"{\"x\":1}").expect("write");
         assert_eq!(
-            model_digest(&tmp.path().join("a"), &cache).expect("digest"),
+            model_digest(&tmp.path().join("a"), &cache, DigestCache::Reuse).expect("digest"),
             a
         );
         model(
@@ -217,7 +279,7 @@ mod tests {
             ],
         );
         assert_ne!(
-            model_digest(&tmp.path().join("c"), &cache).expect("digest c"),
+            model_digest(&tmp.path().join("c"), &cache, DigestCache::Reuse).expect("digest c"),
             a
         );
         model(
@@ -228,7 +290,7 @@ mod tests {
             ],
         );
         assert_ne!(
-            model_digest(&tmp.path().join("d"), &cache).expect("digest d"),
+            model_digest(&tmp.path().join("d"), &cache, DigestCache::Reuse).expect("digest d"),
             a
         );
     }
@@ -240,7 +302,7 @@ mod tests {
         let dir = tmp.path().join("model");
         model(&dir, &[("model.safetensors", b"weights")]);
         let before = snapshot(&dir);
-        let digest = model_digest(&dir, &cache).expect("digest");
+        let digest = model_digest(&dir, &cache, DigestCache::Reuse).expect("digest");
         assert_eq!(snapshot(&dir), before, "the model dir is untouched");
 
         let entries = snapshot(&cache.join("file-digests"));
@@ -255,14 +317,107 @@ mod tests {
         // A second call reads the cache instead of hashing: planting a different digest shows.
         entry.digest = "planted".into();
         fs::write(cache_file, serde_json::to_vec(&entry).expect("json")).expect("write");
-        let from_cache = model_digest(&dir, &cache).expect("digest");
+        let from_cache = model_digest(&dir, &cache, DigestCache::Reuse).expect("digest");
         assert_ne!(from_cache, digest);
 
         // Changing the file (size and mtime) invalidates the entry.
         fs::write(dir.join("model.safetensors"), b"new weights").expect("write");
-        let fresh = model_digest(&dir, &cache).expect("digest");
+        let fresh = model_digest(&dir, &cache, DigestCache::Reuse).expect("digest");
         assert_ne!(fresh, from_cache);
         assert_ne!(fresh, digest);
+    }
+
+    #[test]
+    fn recompute_hashes_again_and_replaces_the_entry() {
+        let tmp = TempDir::new();
+        let cache = tmp.path().join("cache");
+        let dir = tmp.path().join("model");
+        model(&dir, &[("model.safetensors", b"weights")]);
+        let digest = model_digest(&dir, &cache, DigestCache::Reuse).expect("digest");
+        let entries = snapshot(&cache.join("file-digests"));
+        let mut entry: CachedDigest = serde_json::from_slice(&entries[0].1).expect("cache json");
+        entry.digest = "planted".into();
+        fs::write(&entries[0].0, serde_json::to_vec(&entry).expect("json")).expect("write");
+        assert_ne!(
+            model_digest(&dir, &cache, DigestCache::Reuse).expect("digest"),
+            digest,
+            "the planted entry is used"
+        );
+        assert_eq!(
+            model_digest(&dir, &cache, DigestCache::recompute_if(true)).expect("digest"),
+            digest
+        );
+        assert_eq!(
+            model_digest(&dir, &cache, DigestCache::recompute_if(false)).expect("digest"),
+            digest,
+            "the entry was replaced"
+        );
+    }
+
+    /// The change time of `path`, which every write and every `set_modified` moves to "now".
+    fn ctime(path: &Path) -> (i64, i64) {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = fs::metadata(path).expect("stat");
+        (metadata.ctime(), metadata.ctime_nsec())
+    }
+
+    /// Sets `path`'s mtime to `mtime`, as `cp -p` and `rsync -a` do, and waits until its ctime
+    /// differs from `before` (file times tick coarsely, and real swaps are not nanoseconds apart).
+    fn keep_mtime(path: &Path, mtime: std::time::SystemTime, before: (i64, i64)) {
+        loop {
+            File::options()
+                .write(true)
+                .open(path)
+                .and_then(|file| file.set_modified(mtime))
+                .expect("set mtime");
+            if ctime(path) != before {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// The digest of a model of one weight file holding `bytes`, made in `dir` with a fresh cache.
+    fn uncached_digest(dir: &Path, bytes: &[u8]) -> String {
+        model(&dir.join("model"), &[("model.safetensors", bytes)]);
+        model_digest(&dir.join("model"), &dir.join("cache"), DigestCache::Reuse).expect("digest")
+    }
+
+    #[test]
+    fn weights_swapped_with_their_mtime_kept_get_a_fresh_digest() {
+        let tmp = TempDir::new();
+        let cache = tmp.path().join("cache");
+        let dir = tmp.path().join("model");
+        let weights = dir.join("model.safetensors");
+        model(&dir, &[("model.safetensors", b"weights-a")]);
+        let mtime = fs::metadata(&weights)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let first = model_digest(&dir, &cache, DigestCache::Reuse).expect("digest");
+
+        // `cp -p new model.safetensors`: same inode, new bytes of the same size, old mtime.
+        let before = ctime(&weights);
+        fs::write(&weights, b"weights-b").expect("write");
+        keep_mtime(&weights, mtime, before);
+        let copied = model_digest(&dir, &cache, DigestCache::Reuse).expect("digest");
+        assert_eq!(
+            copied,
+            uncached_digest(&tmp.path().join("b"), b"weights-b"),
+            "cp -p: the digest of the new bytes"
+        );
+        assert_ne!(copied, first);
+
+        // `rsync -a`: a new file (new inode) renamed over the old one, with the old mtime.
+        let staged = tmp.path().join("staged.safetensors");
+        let before = ctime(&weights);
+        fs::write(&staged, b"weights-c").expect("write");
+        keep_mtime(&staged, mtime, before);
+        fs::rename(&staged, &weights).expect("rename");
+        assert_eq!(
+            model_digest(&dir, &cache, DigestCache::Reuse).expect("digest"),
+            uncached_digest(&tmp.path().join("c"), b"weights-c"),
+            "rsync -a: the digest of the new bytes"
+        );
     }
 
     #[test]
@@ -301,8 +456,12 @@ mod tests {
     fn a_dir_without_weights_is_an_error() {
         let tmp = TempDir::new();
         model(&tmp.path().join("m"), &[("config.json", b"{}")]);
-        let error =
-            model_digest(&tmp.path().join("m"), &tmp.path().join("cache")).expect_err("no weights");
+        let error = model_digest(
+            &tmp.path().join("m"),
+            &tmp.path().join("cache"),
+            DigestCache::Reuse,
+        )
+        .expect_err("no weights");
         assert!(
             error
                 .to_string()

@@ -123,6 +123,35 @@ pub enum ContentError {
     NoPromptColumn { found: String },
 
     #[error(
+        "both a 'prompt' and a 'messages' column found (columns: {found}), and nothing says \
+         which holds the prompt: choose one with the prompt column option (`--prompt-column \
+         messages`, or `prompt_column = \"prompt\"` in the pipeline's [generate] section), or \
+         drop the other column"
+    )]
+    AmbiguousPromptColumn { found: String },
+
+    #[error(
+        "prompt '{prompt_id}' ({at}) ends with an assistant turn, so the model would be asked \
+         to continue past the end of that turn: end each conversation with the user turn to be \
+         answered (chat datasets' `messages` often include the answer as a last assistant turn: \
+         drop it)"
+    )]
+    EndsWithAssistantTurn { prompt_id: String, at: String },
+
+    #[error(
+        "{at}: {reason} (expected JSON Lines, one object per line, or a JSON array of objects)"
+    )]
+    BadJson { at: String, reason: String },
+
+    #[error("{at}: column '{column}' is {found}, expected {expected}")]
+    JsonValue {
+        at: String,
+        column: String,
+        found: String,
+        expected: String,
+    },
+
+    #[error(
         "train_log row {row} has regularizer terms [{found}], expected [{expected}] \
          (every row of a train log has the same terms)"
     )]

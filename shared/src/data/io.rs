@@ -18,6 +18,7 @@ use parquet::file::properties::WriterProperties;
 
 use super::digest::file_digest;
 use super::error::{ContentError, DataError};
+use super::json_prompts::{is_json_file, prompts_from_json};
 use super::metadata::{FileMeta, KEY_SCHEMA};
 use super::prompts::{prompts_from_batch, PromptOptions, PromptRow};
 use super::rows::{check_unique_keys, Rows};
@@ -88,8 +89,7 @@ pub fn read_meta(path: &Path) -> Result<FileMeta, DataError> {
     })
 }
 
-/// The file's metadata, checked to be of `kind`. Prompt files without metadata get a stand-in
-/// whose fingerprint is the blake3 of the file's bytes, so stages can still chain fingerprints.
+/// The file's metadata, checked to be of `kind`. Prompt files without metadata get a stand-in.
 fn meta_of_kind(
     path: &Path,
     builder: &ParquetRecordBatchReaderBuilder<File>,
@@ -111,11 +111,7 @@ fn meta_of_kind(
                 expected: format!("'{}'; was this file written by rspo?", kind.schema_id()),
             },
         )),
-        None => {
-            let mut meta = FileMeta::new(kind, EXTERNAL_STAGE, file_digest(path)?);
-            meta.version = String::new();
-            Ok(meta)
-        }
+        None => Ok(external_prompts_meta(file_digest(path)?)),
     }
 }
 
@@ -144,11 +140,27 @@ pub fn read_rows<R: Rows>(path: &Path) -> Result<(FileMeta, Vec<R>), DataError> 
     Ok((meta, rows))
 }
 
-/// Reads a prompt file, rspo's or another tool's, finding the prompt as `options` says.
+/// The stand-in metadata of a prompt file that carries none: its fingerprint is the blake3 of
+/// the file's bytes, so stages can still chain fingerprints.
+fn external_prompts_meta(fingerprint: String) -> FileMeta {
+    let mut meta = FileMeta::new(FileKind::Prompts, EXTERNAL_STAGE, fingerprint);
+    meta.version = String::new();
+    meta
+}
+
+/// Reads a prompt file, rspo's or another tool's, finding the prompt as `options` says:
+/// Parquet, or JSON Lines / a JSON array of objects for `.jsonl`, `.ndjson` and `.json` files.
 pub fn read_prompts(
     path: &Path,
     options: &PromptOptions,
 ) -> Result<(FileMeta, Vec<PromptRow>), DataError> {
+    if is_json_file(path) {
+        let bytes = fs::read(path).map_err(|e| DataError::io(path, "cannot read", e))?;
+        let rows = prompts_from_json(&bytes, options)
+            .map_err(|problem| DataError::content(path, problem))?;
+        let meta = external_prompts_meta(blake3::hash(&bytes).to_hex().to_string());
+        return Ok((meta, rows));
+    }
     let (meta, batch) = read_batch::<PromptRow>(path)?;
     let rows =
         prompts_from_batch(&batch, options).map_err(|problem| DataError::content(path, problem))?;
@@ -914,12 +926,7 @@ mod tests {
         );
         assert_eq!(meta.schema, "prompts/v1");
         assert_eq!(meta.stage, EXTERNAL_STAGE);
-        assert_eq!(
-            meta.fingerprint,
-            blake3::hash(&fs::read(&path).expect("bytes"))
-                .to_hex()
-                .to_string()
-        );
+        assert_eq!(meta.fingerprint, bytes_digest(&path));
     }
 
     /// A pyarrow-style messages column: items called `element`, struct fields content-first.
@@ -1017,6 +1024,233 @@ mod tests {
                 .ends_with("column 'prompt' has type Int64, expected Utf8"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_prompt_file_with_both_prompt_and_messages_is_refused() {
+        let dir = TempDir::new();
+        let path = dir.path().join("chat.parquet");
+        let prompts: ArrayRef = Arc::new(StringArray::from(vec!["Hi"]));
+        let messages = foreign_messages(&[&[("user", "Hi"), ("assistant", "Hello")]]);
+        let ids: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        write_foreign(
+            &path,
+            vec![
+                ("prompt_id", ids),
+                ("prompt", prompts),
+                ("messages", messages),
+            ],
+            &[],
+        );
+        let error = read_prompts(&path, &PromptOptions::default()).expect_err("ambiguous");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{}: both a 'prompt' and a 'messages' column found (columns: prompt_id, prompt, \
+                 messages)",
+                path.display()
+            )),
+            "{message}"
+        );
+        assert!(message.contains("--prompt-column"), "{message}");
+        let (_, rows) =
+            read_prompts(&path, &PromptOptions::with_prompt_column("prompt")).expect("chosen");
+        assert_eq!(rows[0].messages, vec![Message::user("Hi")]);
+    }
+
+    #[test]
+    fn a_conversation_ending_with_an_assistant_turn_is_refused() {
+        let dir = TempDir::new();
+        let path = dir.path().join("chat.parquet");
+        let ids: ArrayRef = Arc::new(StringArray::from(vec!["ok", "answered"]));
+        let messages = foreign_messages(&[
+            &[("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")],
+            &[("user", "Hi"), ("assistant", "Hello")],
+        ]);
+        write_foreign(&path, vec![("prompt_id", ids), ("messages", messages)], &[]);
+        for error in [
+            read_prompts(&path, &PromptOptions::default()).expect_err("ends with an answer"),
+            read_rows::<PromptRow>(&path).expect_err("ends with an answer"),
+        ] {
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "{}: prompt 'answered' (row 1) ends with an assistant turn",
+                    path.display()
+                )),
+                "{message}"
+            );
+            assert!(message.contains("drop it"), "{message}");
+        }
+    }
+
+    /// blake3 of the file's bytes, computed here rather than by the reader.
+    fn bytes_digest(path: &Path) -> String {
+        blake3::hash(&fs::read(path).expect("bytes"))
+            .to_hex()
+            .to_string()
+    }
+
+    /// The repository's shipped prompt sets, whose Parquet files pyarrow wrote from the JSONL.
+    fn shipped(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../data/prompts")
+            .join(name)
+    }
+
+    #[test]
+    fn json_lines_prompt_files_read_as_their_parquet_twins() {
+        for name in ["train-1", "eval"] {
+            let jsonl = shipped(&format!("{name}.jsonl"));
+            let parquet = shipped(&format!("{name}.parquet"));
+            let (meta, rows) = read_prompts(&jsonl, &PromptOptions::default()).expect("jsonl");
+            let (_, expected) = read_prompts(&parquet, &PromptOptions::default()).expect("parquet");
+            assert_eq!(rows, expected, "{name}");
+            assert!(rows.len() >= 50);
+            assert_eq!(meta.schema, "prompts/v1");
+            assert_eq!(meta.stage, EXTERNAL_STAGE);
+            assert_eq!(meta.fingerprint, bytes_digest(&jsonl));
+        }
+    }
+
+    #[test]
+    fn json_arrays_of_records_with_messages_and_renamed_columns() {
+        let dir = TempDir::new();
+        let path = dir.path().join("chat.JSON");
+        fs::write(
+            &path,
+            r#"[
+              {"messages": [{"role": "system", "content": "Be kind."},
+                            {"role": "user", "content": "Hi", "name": "ann"}],
+               "reference": "Hello", "source": 3},
+              {"messages": [{"role": "user", "content": "Yo"}], "reference": null}
+            ]"#,
+        )
+        .expect("write");
+        let (meta, rows) = read_prompts(&path, &PromptOptions::default()).expect("prompts");
+        let first = vec![Message::new("system", "Be kind."), Message::user("Hi")];
+        assert_eq!(
+            rows,
+            vec![
+                PromptRow {
+                    prompt_id: prompt_id_for_messages(&first),
+                    messages: first,
+                    reference: Some("Hello".into()),
+                },
+                PromptRow {
+                    prompt_id: prompt_id_for_messages(&[Message::user("Yo")]),
+                    messages: vec![Message::user("Yo")],
+                    reference: None,
+                },
+            ]
+        );
+        assert_eq!(meta.fingerprint, bytes_digest(&path));
+
+        let path = dir.path().join("alpaca.ndjson");
+        fs::write(
+            &path,
+            "{\"instruction\": \"Sort these.\", \"output\": \"Sorted.\"}\r\n\n",
+        )
+        .expect("write");
+        let (_, rows) = read_prompts(&path, &PromptOptions::with_prompt_column("instruction"))
+            .expect("prompts");
+        assert_eq!(
+            rows,
+            vec![PromptRow {
+                prompt_id: prompt_id_for("Sort these."),
+                messages: vec![Message::user("Sort these.")],
+                reference: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn json_prompt_errors_name_the_file_line_and_column() {
+        let dir = TempDir::new();
+        let path = dir.path().join("prompts.jsonl");
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "{\"prompt\": \"a\"}\n{\"prompt\": \n",
+                "",
+                "line 2: not valid JSON at column 11: EOF while parsing a value",
+            ),
+            (
+                "{\"prompt\": \"a\"}\n\n{\"prompt\": 5}\n",
+                "",
+                "line 3: column 'prompt' is a number (5), expected a string",
+            ),
+            (
+                "{\"prompt\": \"a\"}\n{\"text\": \"b\"}\n",
+                "",
+                "line 2: column 'prompt' is missing or null, expected a string in every record",
+            ),
+            (
+                "{\"prompt\": \"a\", \"prompt_id\": 7}\n",
+                "",
+                "line 1: column 'prompt_id' is a number (7), expected a string",
+            ),
+            (
+                "{\"prompt\": \"a\", \"reference\": [\"x\"]}\n",
+                "",
+                "line 1: column 'reference' is an array, expected a string",
+            ),
+            (
+                "{\"messages\": [{\"role\": \"user\"}]}\n",
+                "",
+                "line 1: column 'messages[0].content' is missing, expected a string",
+            ),
+            (
+                "{\"messages\": \"Hi\"}\n",
+                "",
+                "line 1: column 'messages' is a string, expected an array of \
+                 {\"role\": string, \"content\": string} objects",
+            ),
+            (
+                "[{\"prompt\": \"a\"}, \"b\"]",
+                "",
+                "record 2: found a string, expected an object",
+            ),
+            (
+                "{\"prompt\": \"a\"}\n{\"messages\": []}\n",
+                "",
+                "both a 'prompt' and a 'messages' column found (columns: prompt, messages)",
+            ),
+            (
+                "{\"text\": \"a\"}\n",
+                "",
+                "no prompt column: expected a 'prompt' column",
+            ),
+            (
+                "{\"text\": \"a\"}\n{\"text\": 1}\n",
+                "text",
+                "line 2: column 'text' is a number (1), expected a string or an array of",
+            ),
+            (
+                "{\"text\": \"a\"}\n",
+                "question",
+                "missing column 'question'",
+            ),
+            (
+                "{\"prompt_id\": \"x\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, \
+                 {\"role\": \"assistant\", \"content\": \"Hello\"}]}\n",
+                "",
+                "prompt 'x' (line 1) ends with an assistant turn",
+            ),
+        ];
+        for (text, column, expected) in cases {
+            fs::write(&path, text).expect("write");
+            let options = match *column {
+                "" => PromptOptions::default(),
+                column => PromptOptions::with_prompt_column(column),
+            };
+            let error = read_prompts(&path, &options).expect_err(expected);
+            let message = error.to_string();
+            let prefix = format!("{}: {expected}", path.display());
+            assert!(
+                message.starts_with(&prefix),
+                "{message}\nexpected: {prefix}"
+            );
+        }
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //!   struct per kind, converted to and from Arrow record batches.
 //! - [`FileMeta`]: the `rspo.*` Parquet key-value metadata every file carries.
 //! - [`read_rows`], [`read_prompts`], [`read_meta`], [`write_rows`], [`write_atomically`],
-//!   [`write_dir_atomically`]: checked reads, atomic and byte-reproducible writes.
+//!   [`write_dir_atomically`]: checked reads, atomic and byte-reproducible writes; prompt files
+//!   may also be JSON Lines or JSON arrays.
 //! - [`stage_fingerprint`], [`canonical_json`], [`prompt_id_for`], [`row_seed`]: hashing.
-//! - [`model_digest`]: cached digests of model weights.
+//! - [`model_digest`]: cached digests of model weights ([`DigestCache`] says whether to reuse).
 //! - [`ChunkStore`]: resumable chunked output for long stages.
 //!
 //! Errors are [`DataError`]s, which name the file, and inside it the column, key or row, what was
@@ -20,6 +21,7 @@ mod digest;
 mod error;
 mod fingerprint;
 mod io;
+mod json_prompts;
 mod metadata;
 mod prompts;
 mod rows;
@@ -29,7 +31,9 @@ pub(crate) mod testing;
 mod train_log;
 
 pub use chunks::{chunk_dir, ChunkStore, CHUNK_KEYS, CHUNK_STAGE};
-pub use digest::{cached_file_digest, default_cache_dir, file_digest, model_digest, weight_files};
+pub use digest::{
+    cached_file_digest, default_cache_dir, file_digest, model_digest, weight_files, DigestCache,
+};
 pub use error::{ContentError, DataError};
 pub use fingerprint::{
     canonical_json, prompt_id_for, prompt_id_for_messages, row_seed, stage_fingerprint,

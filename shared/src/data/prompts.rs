@@ -1,7 +1,8 @@
 //! Prompt files. Unlike every other kind they may come from other tools (a Hugging Face
-//! dataset's parquet), so reading is lenient: the prompt is a `prompt` string column (one user
-//! turn) or a `messages` conversation column, or a column named by the caller; `prompt_id` and
-//! `reference` are optional; Utf8 and LargeUtf8 (and List and LargeList) are both accepted.
+//! dataset's parquet, or JSON: json_prompts.rs), so reading is lenient: the prompt is a `prompt`
+//! string column (one user turn) or a `messages` conversation column (not both), or a column named
+//! by the caller; `prompt_id` and `reference` are optional; Utf8 and LargeUtf8 (and List and
+//! LargeList) are both accepted. A conversation must not end with an assistant turn.
 
 use std::mem::take;
 
@@ -40,7 +41,7 @@ impl PromptOptions {
 }
 
 /// Where the prompt comes from in one file.
-enum PromptSource {
+pub(crate) enum PromptSource {
     Text(String),
     Messages(String),
 }
@@ -77,15 +78,44 @@ fn find_source(
             })
         };
     }
-    // `prompt` first: chat datasets often carry both, and their `messages` include the answer.
-    if columns.has("prompt") {
-        Ok(PromptSource::Text("prompt".into()))
-    } else if columns.has("messages") {
-        Ok(PromptSource::Messages("messages".into()))
-    } else {
-        Err(ContentError::NoPromptColumn {
-            found: columns.names().join(", "),
-        })
+    default_source(|name| columns.has(name), || columns.names())
+}
+
+/// `prompt`, else `messages`. Both is an error: chat datasets often carry both, their
+/// `messages` with the answer, and guessing would silently pick the wrong prompt.
+pub(crate) fn default_source(
+    has: impl Fn(&str) -> bool,
+    names: impl FnOnce() -> Vec<String>,
+) -> Result<PromptSource, ContentError> {
+    match (has("prompt"), has("messages")) {
+        (true, true) => Err(ContentError::AmbiguousPromptColumn {
+            found: names().join(", "),
+        }),
+        (true, false) => Ok(PromptSource::Text("prompt".into())),
+        (false, true) => Ok(PromptSource::Messages("messages".into())),
+        (false, false) => Err(ContentError::NoPromptColumn {
+            found: names().join(", "),
+        }),
+    }
+}
+
+/// Refuses a conversation that ends with an assistant turn: the model would continue past that
+/// turn's end. `at(i)` says where prompt `i` is in its file.
+pub(crate) fn check_prompt_turns(
+    rows: &[PromptRow],
+    at: impl Fn(usize) -> String,
+) -> Result<(), ContentError> {
+    let ends_with_answer = |row: &PromptRow| {
+        row.messages
+            .last()
+            .is_some_and(|message| message.role == "assistant")
+    };
+    match rows.iter().position(ends_with_answer) {
+        Some(i) => Err(ContentError::EndsWithAssistantTurn {
+            prompt_id: rows[i].prompt_id.clone(),
+            at: at(i),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -127,13 +157,15 @@ pub fn prompts_from_batch(
     } else {
         vec![None; batch.num_rows()]
     };
-    Ok((0..batch.num_rows())
+    let rows: Vec<PromptRow> = (0..batch.num_rows())
         .map(|i| PromptRow {
             prompt_id: take(&mut prompt_ids[i]),
             messages: take(&mut messages[i]),
             reference: references[i].take(),
         })
-        .collect())
+        .collect();
+    check_prompt_turns(&rows, |i| format!("row {i}"))?;
+    Ok(rows)
 }
 
 impl Rows for PromptRow {

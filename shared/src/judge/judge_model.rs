@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
 use super::registry::ScoreSettings;
-use crate::data::ModelRef;
+use crate::data::{DigestCache, ModelRef};
 use crate::model::{dtype_for, dtype_name, model_ref, parse_device, resolve_model};
 
 pub(super) struct JudgeModel {
@@ -25,7 +25,8 @@ impl JudgeModel {
         let device = parse_device(&s.device)?;
         let dtype = dtype_for(s.dtype.as_deref(), &device)?;
         let dir = resolve_model(&spec)?;
-        let reference = model_ref(&dir)?;
+        // Judges are built from settings alone: their digests are reused (`--force` rejudges).
+        let reference = model_ref(&dir, DigestCache::Reuse)?;
         Ok(JudgeModel {
             spec,
             dir,

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-use crate::data::{default_cache_dir, model_digest, ModelRef};
+use crate::data::{default_cache_dir, model_digest, DigestCache, ModelRef};
 
 /// A model directory, a GGUF file, or a Hugging Face Hub id downloaded into the usual cache.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
@@ -22,9 +22,10 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
 }
 
 /// The model's identity for fingerprints: its weights' digest (cached) and the files that shape
-/// its text (config, tokenizer, chat template).
-pub fn model_ref(dir: &Path) -> Result<ModelRef> {
-    let weights = model_digest(dir, &default_cache_dir())
+/// its text (config, tokenizer, chat template). A stage's `--force` passes
+/// [`DigestCache::Recompute`]: the weights are hashed again.
+pub fn model_ref(dir: &Path, digests: DigestCache) -> Result<ModelRef> {
+    let weights = model_digest(dir, &default_cache_dir(), digests)
         .with_context(|| format!("cannot fingerprint the model {}", dir.display()))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(weights.as_bytes());

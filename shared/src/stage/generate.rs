@@ -13,8 +13,8 @@ use super::context::{content_config, skip_chunked_run, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
-    read_meta, read_prompts, read_rows, row_seed, write_rows, ChunkStore, FileKind, FileMeta,
-    FinishReason, PromptOptions, PromptRow, SampleRow,
+    read_meta, read_prompts, read_rows, row_seed, write_rows, ChunkStore, DigestCache, FileKind,
+    FileMeta, FinishReason, PromptOptions, PromptRow, SampleRow,
 };
 use crate::model::{
     dtype_for, generate, model_ref, parse_device, resolve_model, Checkpoint, Finish,
@@ -173,7 +173,10 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
         "generate",
         &content_config(s, NOT_CONTENT)?,
         &[(job.prompts, &prompts_meta)],
-        &[("policy", model_ref(&dir)?)],
+        &[(
+            "policy",
+            model_ref(&dir, DigestCache::recompute_if(job.force))?,
+        )],
     )?;
     if let Some(sh) = job.shard {
         sh.mark(&mut output.meta);

@@ -21,8 +21,8 @@ use super::progress::Progress;
 use super::settings::Settings;
 use super::train_state::TrainState;
 use crate::data::{
-    read_rows, write_rows, FileKind, FileMeta, LogprobRow, ModelRef, SampleRow, TrainLogRow,
-    WinrateRow,
+    read_rows, write_rows, DigestCache, FileKind, FileMeta, LogprobRow, ModelRef, SampleRow,
+    TrainLogRow, WinrateRow,
 };
 use crate::model::{
     dtype_for, model_ref, parse_device, resolve_model, Checkpoint, ModelConfig, Weights,
@@ -356,7 +356,7 @@ impl<'a> TrainInputs<'a> {
         ] {
             check_logprobs_belong(path, meta, role, job.samples, &samples.0)?;
         }
-        let policy = model_ref(&policy_dir)?;
+        let policy = model_ref(&policy_dir, DigestCache::recompute_if(job.force))?;
         check_policy_logprobs(job, &policy_logprobs.0, &policy)?;
         warn_if_off_policy(job, &samples.0, &policy);
         let reference_samples = read_reference_samples(job, spec, &reference_logprobs.0)?;

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::{open_checkpoint, GenerateSettings};
-use crate::data::{read_rows, write_rows, ChunkStore, FileKind, FileMeta, LogprobRow, SampleRow};
+use crate::data::{
+    read_rows, write_rows, ChunkStore, DigestCache, FileKind, FileMeta, LogprobRow, SampleRow,
+};
 use crate::model::{
     dtype_for, dtype_name, model_ref, parse_device, teacher_forced_logprobs, PromptResponse,
     Transformer,
@@ -56,7 +58,10 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
             dtype: dtype_name(dtype),
         },
         &[(job.samples, &samples_meta)],
-        &[(job.role, model_ref(&dir)?)],
+        &[(
+            job.role,
+            model_ref(&dir, DigestCache::recompute_if(job.force))?,
+        )],
     )?;
     output.meta.extra.insert("role".into(), job.role.into());
     if skip_chunked_run(job.out, output.is_up_to_date(), job.force)? {
