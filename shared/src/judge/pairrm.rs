@@ -667,9 +667,37 @@ pub fn random_pairrm_weights(
         } else if name.contains("LayerNorm.bias") {
             Tensor::zeros(shape, DType::F32, device)?
         } else {
-            Tensor::randn(0f32, std as f32, shape, device)?
+            seeded_normal(&name, &shape, std, device)?
         };
         tensors.insert(name, t);
     }
     Ok(Weights::from_tensors(tensors, "random".into()))
+}
+
+/// N(0, std^2) draws seeded by the tensor's name (xorshift64* and Box-Muller), so that tests
+/// on random weights see the same weights every run.
+fn seeded_normal(
+    name: &str,
+    shape: &[usize],
+    std: f64,
+    device: &Device,
+) -> Result<Tensor, PairRmError> {
+    let seed = blake3::hash(name.as_bytes()).as_bytes()[..8]
+        .try_into()
+        .expect("8 bytes");
+    let mut state = u64::from_le_bytes(seed) | 1;
+    let mut uniform = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2) = (uniform(), uniform());
+            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, shape, device)?)
 }
