@@ -1,7 +1,9 @@
 //! Prompt files. Unlike every other kind they may come from other tools (a Hugging Face
 //! dataset's parquet), so reading is lenient: the prompt is a `prompt` string column (one user
 //! turn) or a `messages` conversation column, or a column named by the caller; `prompt_id` and
-//! `reference` are optional; Utf8 and LargeUtf8 (and List and LargeList) are both accepted.
+//! `reference` are optional; Utf8 and LargeUtf8 (and List and LargeList) are both accepted. An
+//! optional `constraints` column carries the prompt's verifiable instructions
+//! ([`super::constraints_column`]).
 
 use std::mem::take;
 
@@ -9,6 +11,7 @@ use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 
 use super::columns::{messages_array, optional_string_array, string_array, Columns};
+use super::constraints_column::read_constraints;
 use super::error::ContentError;
 use super::fingerprint::{prompt_id_for, prompt_id_for_messages};
 use super::rows::{batch, Message, Rows};
@@ -21,6 +24,9 @@ pub struct PromptRow {
     pub messages: Vec<Message>,
     /// A baseline answer for evaluation.
     pub reference: Option<String>,
+    /// The verifiable instructions of the `instructions` judge: the JSON text of a list of
+    /// constraints (canonical when the file held JSON).
+    pub constraints: Option<String>,
 }
 
 /// How to find the prompt in a prompt file.
@@ -127,11 +133,13 @@ pub fn prompts_from_batch(
     } else {
         vec![None; batch.num_rows()]
     };
+    let mut constraints = read_constraints(batch)?;
     Ok((0..batch.num_rows())
         .map(|i| PromptRow {
             prompt_id: take(&mut prompt_ids[i]),
             messages: take(&mut messages[i]),
             reference: references[i].take(),
+            constraints: constraints[i].take(),
         })
         .collect())
 }
@@ -151,6 +159,7 @@ impl Rows for PromptRow {
                 string_array(rows.iter().map(|r| r.prompt_id.as_str())),
                 messages_array("messages", rows.iter().map(|r| r.messages.as_slice()))?,
                 optional_string_array(rows.iter().map(|r| r.reference.as_deref())),
+                optional_string_array(rows.iter().map(|r| r.constraints.as_deref())),
             ],
         )
     }
