@@ -8,10 +8,13 @@
 //! `data`'s job.
 //!
 //! The judges themselves: [`ScalarJudge`] (a [`RewardModelJudge`], the `rule:*` judges in
-//! [`rules`]) and [`PairwiseJudge`], held by stages as a [`Judge`]; [`JudgmentCache`] keeps their
+//! [`rules`], the [`InstructionsJudge`] of verifiable [`constraints`]) and [`PairwiseJudge`], held by stages as a [`Judge`]; [`JudgmentCache`] keeps their
 //! verdicts across runs.
 
 pub mod cache;
+mod constraint_text;
+pub mod constraints;
+mod instructions;
 mod intransitivity;
 mod pairrm;
 mod pairrm_deberta;
@@ -22,10 +25,12 @@ mod preference_matrix;
 mod reward_model;
 pub mod rules;
 mod scalar_scores;
+mod scripts;
 mod traits;
 mod winrate;
 
 pub use cache::JudgmentCache;
+pub use instructions::{constraint_outcomes, ConstraintOutcome, InstructionsJudge, CHECKS_VERSION};
 pub use intransitivity::{find_three_cycle, has_three_cycle, intransitive_share};
 pub use pairrm::{
     random_pairrm_weights, LogitMatrix, PairRm, PairRmConfig, PairRmError, PairRmMode,
@@ -39,6 +44,7 @@ pub use position_disagreement::{
 };
 pub use preference_matrix::{PairPreference, PreferenceError, PreferenceMatrix};
 pub use reward_model::{reward_scores, RewardModelJudge};
+pub use scripts::Script;
 pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
 pub use traits::{
     judge_digest, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,

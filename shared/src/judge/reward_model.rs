@@ -314,6 +314,7 @@ mod tests {
                 messages: m,
                 response: r,
                 reference: None,
+                constraints: None,
             })
             .collect();
         let got = judge.score(&items).unwrap();
@@ -344,6 +345,7 @@ mod tests {
             messages: &messages,
             response: &long,
             reference: None,
+            constraints: None,
         };
         let err = judge.score(&[item]).unwrap_err().to_string();
         assert!(
@@ -364,6 +366,7 @@ mod tests {
             messages: &messages,
             response: "The sky is blue.",
             reference: None,
+            constraints: None,
         };
         let ids = judge.render(&item).unwrap();
         let text = judge.checkpoint().tokenizer.decode(&ids, false).unwrap();

@@ -128,6 +128,7 @@ mod tests {
                 messages,
                 response: r,
                 reference,
+                constraints: None,
             })
             .collect()
     }

@@ -21,6 +21,9 @@ pub struct JudgeItem<'a> {
     pub response: &'a str,
     /// The prompt's reference answer, for judges that compare against one.
     pub reference: Option<&'a str>,
+    /// The prompt's verifiable instructions (the JSON text of its `constraints` column), for
+    /// the `instructions` judge.
+    pub constraints: Option<&'a str>,
 }
 
 /// Why a judge could not judge.
@@ -39,6 +42,12 @@ pub enum JudgeError {
     },
     #[error("{judge}: prompt {prompt_id:?} has no reference answer, expected one (take it from --prompts FILE with a `reference` column)")]
     MissingReference { judge: String, prompt_id: String },
+    #[error("{judge}: prompt {prompt_id:?}: {message}")]
+    BadPrompt {
+        judge: String,
+        prompt_id: String,
+        message: String,
+    },
     #[error("{flag} {value:?}: {message}")]
     BadSetting {
         flag: &'static str,
