@@ -28,6 +28,11 @@ use std::path::PathBuf;
 ///   rule:exact-match  score = 1 if the response equals the prompt's reference answer
 ///                     (surrounding whitespace ignored), else 0; samples files have no
 ///                     reference, so it reads them from --prompts FILE
+///   instructions      score = the fraction of the prompt's verifiable instructions (its
+///                     `constraints` column in --prompts FILE: word counts, keywords,
+///                     lowercase, JSON, bullet points, ...) the response satisfies; also
+///                     writes the pass/fail of every constraint to constraints.parquet
+///                     beside the scores
 ///
 /// Judgments are cached (blake3 of prompt, response, judge digest and settings) under
 /// <cache dir>/judgments/, so a response seen before is not judged again; the run says how
@@ -42,7 +47,7 @@ struct Cli {
     /// Output preferences.parquet.
     #[arg(long)]
     out: PathBuf,
-    /// reward-model, pairrm, rule:length, rule:contains or rule:exact-match
+    /// reward-model, pairrm, rule:length, rule:contains, rule:exact-match or instructions
     /// [default: reward-model].
     #[arg(long)]
     judge: Option<String>,
@@ -68,8 +73,9 @@ struct Cli {
     #[arg(long, value_name = "REGEX")]
     pattern: Option<String>,
     /// rule:exact-match: a prompts file whose `reference` column holds each prompt's answer
-    /// (needed because samples.parquet has no reference column). Options of one judge are
-    /// ignored by the others.
+    /// (needed because samples.parquet has no reference column); instructions: one whose
+    /// `constraints` column holds each prompt's constraints. Options of one judge are ignored
+    /// by the others.
     #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
     /// Where scalar judges write their scores [default: scores.parquet in the folder of --out].
@@ -150,6 +156,9 @@ fn main() -> Result<()> {
                 r.prompts,
                 r.preferences.display()
             );
+            if let Some(c) = &r.constraints {
+                eprintln!("score: wrote each constraint's pass/fail to {}", c.display());
+            }
             let unit = if r.scores.is_some() {
                 "responses"
             } else {

@@ -178,6 +178,10 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         .iter()
         .map(|p| (p.prompt_id.as_str(), p.reference.as_deref()))
         .collect();
+    let constraints: HashMap<&str, Option<&str>> = prompts
+        .iter()
+        .map(|p| (p.prompt_id.as_str(), p.constraints.as_deref()))
+        .collect();
     let baseline_texts: HashMap<(String, u32), String> = if s.baseline == "reference" {
         let mut out = HashMap::new();
         for p in &prompts {
@@ -282,6 +286,7 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
                 messages: &r.messages,
                 response: &r.response,
                 reference,
+                constraints: constraints.get(r.prompt_id.as_str()).copied().flatten(),
             };
             let b = JudgeItem {
                 response: baseline,

@@ -12,16 +12,18 @@ use std::time::Instant;
 use super::context::{model_ref, parse_device, resolve_model, Outcome, StageOutput};
 use super::generate::dtype_for;
 use super::progress::Progress;
+use super::prompt_extras::PromptExtras;
+use super::score_constraints::{constraints_path, write_constraint_outcomes};
 use super::settings::Settings;
 use crate::data::{
-    default_cache_dir, read_prompts, read_rows, write_rows, ChunkStore, FileKind, FileMeta,
-    ModelRef, PreferenceRow, PromptOptions, SampleRow, ScoreRow,
+    default_cache_dir, read_rows, write_rows, ChunkStore, FileKind, FileMeta,
+    ModelRef, PreferenceRow, SampleRow, ScoreRow,
 };
 use crate::judge::cache::{item_key, pair_key};
 use crate::judge::rules::{ContainsRule, ExactMatchRule, LengthRule};
 use crate::judge::{
-    preference_from_scores, Judge, JudgeItem, JudgmentCache, PairVerdict, PairwiseJudge,
-    RewardModelJudge, ScalarJudge,
+    preference_from_scores, InstructionsJudge, Judge, JudgeItem, JudgmentCache, PairVerdict,
+    PairwiseJudge, RewardModelJudge, ScalarJudge, CHECKS_VERSION,
 };
 use crate::judge::{PairRm, PairRmJudge, PairRmLengths, PairRmMode, PairRmOptions};
 
@@ -29,7 +31,8 @@ use crate::judge::{PairRm, PairRmJudge, PairRmLengths, PairRmMode, PairRmOptions
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoreSettings {
-    /// `reward-model`, `rule:length`, `rule:contains` or `rule:exact-match`.
+    /// `reward-model`, `pairrm`, `rule:length`, `rule:contains`, `rule:exact-match` or
+    /// `instructions`.
     pub judge: String,
     /// The reward model (directory or Hub id) of `reward-model`.
     pub judge_model: Option<String>,
@@ -88,15 +91,17 @@ pub enum JudgeKind {
     RuleLength,
     RuleContains,
     RuleExactMatch,
+    Instructions,
 }
 
 impl JudgeKind {
-    pub const ALL: [&'static str; 5] = [
+    pub const ALL: [&'static str; 6] = [
         "reward-model",
         "pairrm",
         "rule:length",
         "rule:contains",
         "rule:exact-match",
+        "instructions",
     ];
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -106,6 +111,7 @@ impl JudgeKind {
             "rule:contains" => JudgeKind::RuleContains,
             "rule:exact-match" => JudgeKind::RuleExactMatch,
             "pairrm" => JudgeKind::PairRm,
+            "instructions" => JudgeKind::Instructions,
             other => bail!("--judge {other}: expected one of {}", Self::ALL.join(", ")),
         })
     }
@@ -117,6 +123,7 @@ impl JudgeKind {
             JudgeKind::RuleLength => "rule:length",
             JudgeKind::RuleContains => "rule:contains",
             JudgeKind::RuleExactMatch => "rule:exact-match",
+            JudgeKind::Instructions => "instructions",
         }
     }
 }
@@ -128,7 +135,8 @@ pub struct ScoreJob<'a> {
     pub out: &'a Path,
     /// scores.parquet of scalar judges; default `scores.parquet` beside `out`.
     pub scores_out: Option<&'a Path>,
-    /// A prompt file with a `reference` column (`rule:exact-match`).
+    /// A prompt file with a `reference` column (`rule:exact-match`) or a `constraints` column
+    /// (`instructions`).
     pub prompts: Option<&'a Path>,
     pub settings: &'a ScoreSettings,
     pub force: bool,
@@ -141,6 +149,8 @@ pub struct ScoreReport {
     pub preferences: PathBuf,
     /// The scores file (scalar judges).
     pub scores: Option<PathBuf>,
+    /// The pass/fail of every constraint (`instructions`).
+    pub constraints: Option<PathBuf>,
     pub prompts: usize,
     pub pairs: usize,
     /// Judgments: responses for scalar judges, pairs for pairwise ones.
@@ -256,8 +266,9 @@ fn check_settings(s: &ScoreSettings, kind: JudgeKind) -> Result<()> {
             s.pattern.is_some(),
             "--judge rule:contains needs --pattern REGEX"
         ),
-        // Its references come with the prompts (`score --prompts`, evaluate's prompt file).
-        JudgeKind::RuleExactMatch => {}
+        // Their references and constraints come with the prompts (`score --prompts`,
+        // evaluate's prompt file).
+        JudgeKind::RuleExactMatch | JudgeKind::Instructions => {}
     }
     Ok(())
 }
@@ -269,8 +280,20 @@ pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
         kind != JudgeKind::RuleExactMatch || job.prompts.is_some(),
         "--judge rule:exact-match needs --prompts FILE (the samples file has no reference answers)"
     );
+    ensure!(
+        kind != JudgeKind::Instructions || job.prompts.is_some(),
+        "--judge instructions needs --prompts FILE (the samples file has no constraints)"
+    );
     let spec = judge_spec(job.settings)?;
-    score_with_judge(job, spec.content, spec.models, spec.scalar, spec.load)
+    let content = spec.content.clone();
+    let mut report = score_with_judge(job, spec.content, spec.models, spec.scalar, spec.load)?;
+    if kind == JudgeKind::Instructions {
+        let scores = report.scores.as_deref().context("a scalar judge writes scores")?;
+        let out = constraints_path(scores);
+        write_constraint_outcomes(job, &content, &out)?;
+        report.constraints = Some(out);
+    }
+    Ok(report)
 }
 
 /// A judge as the settings describe it: what goes into fingerprints now, the (possibly
@@ -340,6 +363,16 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
                 load: Box::new(move || Ok(scalar(Box::new(rule)))),
             }
         }
+        JudgeKind::Instructions => JudgeSpec {
+            content: json!({
+                "judge": kind.as_str(),
+                "checks": CHECKS_VERSION,
+                "temperature": t,
+            }),
+            models: vec![],
+            scalar: true,
+            load: Box::new(move || Ok(scalar(Box::new(InstructionsJudge)))),
+        },
         JudgeKind::RuleExactMatch => JudgeSpec {
             content: json!({"judge": kind.as_str(), "trim": true, "temperature": t}),
             models: vec![],
@@ -390,42 +423,9 @@ pub fn judge_spec(s: &ScoreSettings) -> Result<JudgeSpec> {
     })
 }
 
-/// Reads the reference answers of `prompts` for the prompts of `groups`.
-fn read_references(
-    prompts: &Path,
-    groups: &[PromptSamples],
-) -> Result<(FileMeta, HashMap<String, String>)> {
-    let (meta, rows) = read_prompts(prompts, &PromptOptions::default())?;
-    let mut refs: HashMap<String, Option<String>> = rows
-        .into_iter()
-        .map(|p| (p.prompt_id, p.reference))
-        .collect();
-    let mut out = HashMap::new();
-    for g in groups {
-        match refs.remove(g.prompt_id) {
-            Some(Some(r)) => {
-                out.insert(g.prompt_id.to_string(), r);
-            }
-            Some(None) => bail!(
-                "{}: prompt {:?} has no value in column 'reference', expected a reference answer for every prompt of the samples",
-                prompts.display(),
-                g.prompt_id
-            ),
-            None => bail!(
-                "{}: no prompt with prompt_id {:?} (from the samples), expected every prompt of the samples with a 'reference' column",
-                prompts.display(),
-                g.prompt_id
-            ),
-        }
-    }
-    Ok((meta, out))
-}
-
-fn items_of<'a>(
-    g: &PromptSamples<'a>,
-    references: &'a HashMap<String, String>,
-) -> Vec<JudgeItem<'a>> {
-    let reference = references.get(g.prompt_id).map(String::as_str);
+pub(super) fn items_of<'a>(g: &PromptSamples<'a>, extras: &'a PromptExtras) -> Vec<JudgeItem<'a>> {
+    let reference = extras.references.get(g.prompt_id).map(String::as_str);
+    let constraints = extras.constraints.get(g.prompt_id).map(String::as_str);
     g.rows
         .iter()
         .map(|r| JudgeItem {
@@ -434,6 +434,7 @@ fn items_of<'a>(
             messages: &r.messages,
             response: &r.response,
             reference,
+            constraints,
         })
         .collect()
 }
@@ -477,12 +478,12 @@ pub fn score_with_judge(
     let k = groups[0].rows.len();
 
     let mut inputs: Vec<(&Path, &FileMeta)> = vec![(job.samples, &samples_meta)];
-    let (prompts_meta, references) = match job.prompts {
+    let (prompts_meta, extras) = match job.prompts {
         Some(p) => {
-            let (m, r) = read_references(p, &groups)?;
-            (Some(m), r)
+            let (m, e) = PromptExtras::read(p, groups.iter().map(|g| g.prompt_id))?;
+            (Some(m), e)
         }
-        None => (None, HashMap::new()),
+        None => (None, PromptExtras::default()),
     };
     if let (Some(p), Some(m)) = (job.prompts, prompts_meta.as_ref()) {
         inputs.push((p, m));
@@ -528,6 +529,7 @@ pub fn score_with_judge(
         outcome: Outcome::UpToDate,
         preferences: job.out.to_path_buf(),
         scores: scores_out.as_ref().map(|o| o.path.clone()),
+        constraints: None,
         prompts: groups.len(),
         pairs: groups.len() * k * (k - 1) / 2,
         judgments: if scalar {
@@ -563,11 +565,10 @@ pub fn score_with_judge(
         if scalar { "scalar" } else { "pairwise" }
     );
     if judge.uses_reference() {
-        ensure!(
-            job.prompts.is_some(),
-            "{} needs --prompts FILE with a 'reference' column",
-            judge.name()
-        );
+        let prompts = job.prompts.with_context(|| {
+            format!("{} needs --prompts FILE with a 'reference' column", judge.name())
+        })?;
+        extras.require_references(prompts)?;
     }
     let mut cache = if s.cache && judge.cacheable() {
         let dir = s.cache_dir.clone().unwrap_or_else(default_cache_dir);
@@ -585,7 +586,7 @@ pub fn score_with_judge(
             let (digest, uses_reference) = (scalar.digest(), scalar.uses_reference());
             let uncached: Vec<JudgeItem> = groups
                 .iter()
-                .flat_map(|g| items_of(g, &references))
+                .flat_map(|g| items_of(g, &extras))
                 .filter(|it| {
                     let key = item_key(&digest, it, uses_reference);
                     cache.as_ref().and_then(|c| c.get(&key)).is_none()
@@ -595,7 +596,7 @@ pub fn score_with_judge(
         }
         Judge::Pairwise(pairwise) => {
             for g in &groups {
-                pairwise.check(&items_of(g, &references))?;
+                pairwise.check(&items_of(g, &extras))?;
             }
         }
     }
@@ -617,7 +618,7 @@ pub fn score_with_judge(
     let name = judge.name();
     let work = Work {
         pending: &pending,
-        references: &references,
+        extras: &extras,
         batch_size: s.batch_size,
         name: &name,
     };
@@ -649,7 +650,7 @@ pub fn score_with_judge(
                     .iter()
                     .map(|r| ((r.prompt_id.as_str(), r.sample_idx), r.score))
                     .collect();
-                for it in groups.iter().flat_map(|g| items_of(g, &references)) {
+                for it in groups.iter().flat_map(|g| items_of(g, &extras)) {
                     if let Some(&v) = by_key.get(&(it.prompt_id, it.sample_idx)) {
                         c.insert(item_key(&digest, &it, uses_reference), vec![v]);
                     }
@@ -679,7 +680,7 @@ pub fn score_with_judge(
                     .map(|r| ((r.prompt_id.as_str(), r.i, r.j), r))
                     .collect();
                 for g in &groups {
-                    let items = items_of(g, &references);
+                    let items = items_of(g, &extras);
                     for (i, j) in pairs_of(k) {
                         if let Some(r) = by_key.get(&(g.prompt_id, i as u32, j as u32)) {
                             let v = PairVerdict {
@@ -705,7 +706,7 @@ pub fn score_with_judge(
 struct Work<'w, 'a> {
     /// The prompts left to judge (not completed by an interrupted run).
     pending: &'w [&'w PromptSamples<'a>],
-    references: &'w HashMap<String, String>,
+    extras: &'w PromptExtras,
     batch_size: usize,
     /// The judge's name, for messages and the `judge` column.
     name: &'w str,
@@ -732,7 +733,7 @@ fn judge_scalar(
     for chunk in chunks(w.pending, w.batch_size) {
         let items: Vec<JudgeItem> = chunk
             .iter()
-            .flat_map(|g| items_of(g, w.references))
+            .flat_map(|g| items_of(g, w.extras))
             .collect();
         let keys: Vec<[u8; 32]> = items
             .iter()
@@ -813,7 +814,7 @@ fn judge_pairwise(
     for chunk in chunks(w.pending, w.batch_size) {
         let mut rows = Vec::new();
         for g in chunk {
-            let items = items_of(g, w.references);
+            let items = items_of(g, w.extras);
             let pairs = pairs_of(items.len());
             let cached: Option<Vec<PairVerdict>> = pairs
                 .iter()
@@ -1257,11 +1258,13 @@ pub(crate) mod tests {
                 prompt_id: "a".into(),
                 messages: vec![Message::user("question a")],
                 reference: Some("4".into()),
+                constraints: None,
             },
             crate::data::PromptRow {
                 prompt_id: "b".into(),
                 messages: vec![Message::user("question b")],
                 reference: Some("y".into()),
+                constraints: None,
             },
         ];
         write_rows(
@@ -1494,6 +1497,7 @@ pub(crate) mod tests {
             messages: &m,
             response,
             reference: None,
+            constraints: None,
         };
         // Scores 0 and -2: sigmoid(2 / 2).
         let v = judge.compare(&item("abc"), &item("a")).unwrap();
