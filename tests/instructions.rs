@@ -8,20 +8,50 @@ use rspo::data::{
 };
 use rspo::judge::constraints::parse_constraints;
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// K samples per prompt from the embedded default's tiny policy.
+fn sample_tiny_policy(sc: &Scratch, prompts: &Path, out: &Path, k: &str, max_new_tokens: &str) {
+    let policy = repo("data/models/tiny-policy");
+    ok(
+        sc,
+        "generate",
+        &[
+            "sample",
+            "--model",
+            s(&policy),
+            "--prompts",
+            s(prompts),
+            "--out",
+            s(out),
+            "--k",
+            k,
+            "--max-new-tokens",
+            max_new_tokens,
+            "--seed",
+            "5",
+        ],
+    );
+}
 
 /// Every shipped set: its size, 1 to 3 valid constraints per prompt, at least 15 kinds.
 #[test]
 fn the_shipped_instruction_sets_parse() {
     let mut train = 0;
-    for (name, rows_expected) in [("train-1", 60), ("train-2", 60), ("train-3", 60), ("eval", 64)] {
+    for (name, rows_expected) in [
+        ("train-1", 60),
+        ("train-2", 60),
+        ("train-3", 60),
+        ("eval", 64),
+    ] {
         let path = repo(&format!("data/prompts/instructions-{name}.parquet"));
         let (_, rows) = read_prompts(&path, &PromptOptions::default()).expect("read");
         assert_eq!(rows.len(), rows_expected, "{name}");
         let mut kinds = BTreeSet::new();
         for row in &rows {
             let text = row.constraints.as_deref().expect("constraints");
-            let parsed = parse_constraints(text)
-                .unwrap_or_else(|e| panic!("{name} {}: {e}", row.prompt_id));
+            let parsed =
+                parse_constraints(text).unwrap_or_else(|e| panic!("{name} {}: {e}", row.prompt_id));
             assert!((1..=3).contains(&parsed.len()), "{name} {}", row.prompt_id);
             kinds.extend(parsed.into_iter().map(|c| c.kind));
         }
@@ -39,25 +69,7 @@ fn score_judges_the_tiny_policy_on_the_instruction_prompts() {
     let prompts = repo("data/prompts/instructions-eval.parquet");
     let samples = sc.path("iter-1/samples.parquet");
     let prefs = sc.path("iter-1/preferences.parquet");
-    ok(
-        &sc,
-        "generate",
-        &[
-            "sample",
-            "--model",
-            s(&repo("data/models/tiny-policy")),
-            "--prompts",
-            s(&prompts),
-            "--out",
-            s(&samples),
-            "--k",
-            "3",
-            "--max-new-tokens",
-            "8",
-            "--seed",
-            "5",
-        ],
-    );
+    sample_tiny_policy(&sc, &prompts, &samples, "3", "8");
     let args = [
         "--samples",
         s(&samples),
@@ -77,7 +89,9 @@ fn score_judges_the_tiny_policy_on_the_instruction_prompts() {
     let counts: HashMap<String, u32> = prompt_rows
         .iter()
         .map(|p| {
-            let n = parse_constraints(p.constraints.as_deref().unwrap()).unwrap().len();
+            let n = parse_constraints(p.constraints.as_deref().unwrap())
+                .unwrap()
+                .len();
             (p.prompt_id.clone(), n as u32)
         })
         .collect();
@@ -104,7 +118,10 @@ fn score_judges_the_tiny_policy_on_the_instruction_prompts() {
     let before = std::fs::read(sc.path("iter-1/constraints.parquet")).unwrap();
     let stderr = ok(&sc, "score", &args);
     assert!(stderr.contains("up to date"), "{stderr}");
-    assert_eq!(std::fs::read(sc.path("iter-1/constraints.parquet")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(sc.path("iter-1/constraints.parquet")).unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -122,29 +139,15 @@ fn a_bad_constraint_is_an_error_naming_prompt_and_constraint() {
             prompt_id: "bad".into(),
             messages: vec![Message::user("Say hi briefly.")],
             reference: None,
-            constraints: Some(r#"[{"kind": "word_count", "at_most": 5}, {"kind": "brevity"}]"#.into()),
+            constraints: Some(
+                r#"[{"kind": "word_count", "at_most": 5}, {"kind": "brevity"}]"#.into(),
+            ),
         },
     ];
     let meta = FileMeta::new(FileKind::Prompts, "external", "bad-prompts");
     write_rows(&prompts, &meta, &rows).unwrap();
     let samples = sc.path("samples.parquet");
-    ok(
-        &sc,
-        "generate",
-        &[
-            "sample",
-            "--model",
-            s(&repo("data/models/tiny-policy")),
-            "--prompts",
-            s(&prompts),
-            "--out",
-            s(&samples),
-            "--k",
-            "2",
-            "--max-new-tokens",
-            "4",
-        ],
-    );
+    sample_tiny_policy(&sc, &prompts, &samples, "2", "4");
     let out = sc.path("out/preferences.parquet");
     let stderr = fails(
         &sc,

@@ -274,18 +274,14 @@ def instantiate(kind, task, ttype, words, rng):
     if kind == "char_count":
         n = rng.choice([150, 200, 280])
         return {"kind": kind, "at_most": n}, f"Keep the whole answer to at most {n} characters."
-    if kind == "include_keywords":
-        k = rng.sample(words, rng.choice([1, 2]))
-        quoted = " and ".join(f'"{w}"' for w in k)
-        plural = "words" if len(k) > 1 else "word"
-        return {"kind": kind, "keywords": k}, rng.choice(
-            [f"Include the {plural} {quoted}.", f"Make sure to use the {plural} {quoted}."])
-    if kind == "exclude_keywords":
-        k = rng.sample(FILLERS, rng.choice([1, 2]))
-        quoted = " or ".join(f'"{w}"' for w in k)
-        plural = "words" if len(k) > 1 else "word"
-        return {"kind": kind, "keywords": k}, rng.choice(
-            [f"Do not use the {plural} {quoted}.", f"Avoid the {plural} {quoted}."])
+    if kind in ("include_keywords", "exclude_keywords"):
+        include = kind == "include_keywords"
+        k = rng.sample(words if include else FILLERS, rng.choice([1, 2]))
+        the = ("the words " if len(k) > 1 else "the word ") + (" and " if include else " or ").join(
+            f'"{w}"' for w in k)
+        asks = [f"Include {the}.", f"Make sure to use {the}."] if include else \
+            [f"Do not use {the}.", f"Avoid {the}."]
+        return {"kind": kind, "keywords": k}, rng.choice(asks)
     if kind == "keyword_frequency":
         w = rng.choice(words)
         if rng.random() < 0.7:

@@ -6,8 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, GenericListArray, ListArray, OffsetSizeTrait,
-    PrimitiveArray, StringArray, StructArray, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, GenericListArray, ListArray,
+    OffsetSizeTrait, PrimitiveArray, StringArray, StructArray, UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{ArrowPrimitiveType, DataType};
@@ -332,7 +332,10 @@ primitive_column!(
 );
 
 impl Column for bool {
-    fn build<'r>(_: &str, values: impl Iterator<Item = &'r Self>) -> Result<ArrayRef, ContentError> {
+    fn build<'r>(
+        _: &str,
+        values: impl Iterator<Item = &'r Self>,
+    ) -> Result<ArrayRef, ContentError> {
         Ok(Arc::new(values.map(|&v| Some(v)).collect::<BooleanArray>()))
     }
     fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {

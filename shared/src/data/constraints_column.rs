@@ -149,9 +149,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use arrow::array::{
-        Int64Builder, ListBuilder, StringArray, StringBuilder, StructBuilder,
-    };
+    use arrow::array::{Int64Builder, ListBuilder, StringArray, StringBuilder, StructBuilder};
     use arrow::datatypes::{Field, Fields, Schema};
 
     fn batch_of(column: ArrayRef) -> RecordBatch {
@@ -198,8 +196,12 @@ mod tests {
                    at_most: Option<i64>,
                    keywords: Option<&[&str]>| {
             let s = list.values();
-            s.field_builder::<StringBuilder>(0).unwrap().append_value(kind);
-            s.field_builder::<Int64Builder>(1).unwrap().append_option(at_most);
+            s.field_builder::<StringBuilder>(0)
+                .unwrap()
+                .append_value(kind);
+            s.field_builder::<Int64Builder>(1)
+                .unwrap()
+                .append_option(at_most);
             let k = s
                 .field_builder::<ListBuilder<Box<dyn arrow::array::ArrayBuilder>>>(2)
                 .unwrap();
@@ -242,7 +244,8 @@ mod tests {
         let column: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![1]));
         let err = read_constraints(&batch_of(column)).unwrap_err().to_string();
         assert!(
-            err.contains("column 'constraints' has type Int64") && err.contains("Utf8 (a JSON list"),
+            err.contains("column 'constraints' has type Int64")
+                && err.contains("Utf8 (a JSON list"),
             "{err}"
         );
     }

@@ -292,7 +292,8 @@ mod tests {
     use crate::data::fingerprint::{prompt_id_for, prompt_id_for_messages};
     use crate::data::metadata::{InputRef, ModelRef};
     use crate::data::rows::{
-        ConstraintRow, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow, SampleRow, ScoreRow, WinrateRow,
+        ConstraintRow, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow, SampleRow,
+        ScoreRow, WinrateRow,
     };
     use crate::data::testing::TempDir;
     use crate::data::train_log::TrainLogRow;

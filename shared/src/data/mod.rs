@@ -42,8 +42,8 @@ pub use metadata::{
 };
 pub use prompts::{prompts_from_batch, PromptOptions, PromptRow};
 pub use rows::{
-    check_unique_keys, ConstraintRow, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow, Rows, SampleRow,
-    ScoreRow, WinrateRow,
+    check_unique_keys, ConstraintRow, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow,
+    Rows, SampleRow, ScoreRow, WinrateRow,
 };
 pub use schema::FileKind;
 pub use train_log::TrainLogRow;

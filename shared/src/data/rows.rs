@@ -278,7 +278,14 @@ rows!(
     ConstraintRow,
     Constraints,
     key(prompt_id, sample_idx, constraint_idx),
-    [prompt_id, sample_idx, constraint_idx, kind, constraint, passed]
+    [
+        prompt_id,
+        sample_idx,
+        constraint_idx,
+        kind,
+        constraint,
+        passed
+    ]
 );
 
 /// A sample's estimated win rate against the policy (winrates.parquet).

@@ -33,9 +33,8 @@ pub fn char_count(text: &str) -> usize {
 /// neither does a `.` inside a number (3.5). Line breaks alone do not end a sentence (IFEval
 /// joins lines before splitting). Pieces without a word character (a stray "...") are not
 /// sentences.
-static SENTENCE_END: LazyLock<Regex> = LazyLock::new(|| {
-    regex(r#"[.!?…]+["'”’»)\]]*(?:\s+|$)|[。！？]+["'”’」』)\]]*\s*"#)
-});
+static SENTENCE_END: LazyLock<Regex> =
+    LazyLock::new(|| regex(r#"[.!?…]+["'”’»)\]]*(?:\s+|$)|[。！？]+["'”’」』)\]]*\s*"#));
 
 /// Words that end with a `.` that does not end the sentence (lowercased, without the dot).
 const ABBREVIATIONS: [&str; 11] = [
@@ -157,9 +156,13 @@ static TITLE: LazyLock<Regex> = LazyLock::new(|| regex(r"<<[^\n]+>>"));
 /// A title wrapped in double angle brackets, like `<<Morning Song>>`, with some text inside
 /// (IFEval's title).
 pub fn has_title(text: &str) -> bool {
-    TITLE
-        .find_iter(text)
-        .any(|m| !m.as_str().trim_start_matches('<').trim_end_matches('>').trim().is_empty())
+    TITLE.find_iter(text).any(|m| {
+        !m.as_str()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .trim()
+            .is_empty()
+    })
 }
 
 /// Lowercased, with every run of whitespace removed: how markers and repeated text are
@@ -217,7 +220,10 @@ mod tests {
         assert_eq!(sentence_count(""), 0);
         assert_eq!(sentence_count("One"), 1);
         assert_eq!(sentence_count("One. Two! Three? Four"), 4);
-        assert_eq!(sentence_count("Mr. Smith met Dr. Who, e.g. at 3.5 pm. Then left."), 2);
+        assert_eq!(
+            sentence_count("Mr. Smith met Dr. Who, e.g. at 3.5 pm. Then left."),
+            2
+        );
         assert_eq!(sentence_count("Wait... What?! \"Yes.\" Fine"), 4);
         assert_eq!(sentence_count("A line\nanother line."), 1);
         assert_eq!(sentence_count("..."), 0);
@@ -250,11 +256,17 @@ mod tests {
         assert_eq!(letter_count("BANANA", 'a'), 3);
         assert_eq!(letter_count("Éé e", 'é'), 2);
         assert_eq!(capital_word_count("I saw the USA and Paris at NOON 2PM"), 4);
-        assert_eq!(bullet_count("* a\n- b\n  + c\n• d\n**e**\n---\n-f\n1. g"), 4);
+        assert_eq!(
+            bullet_count("* a\n- b\n  + c\n• d\n**e**\n---\n-f\n1. g"),
+            4
+        );
         assert_eq!(highlight_count("*a* and **b** and ** ** and *\nc*"), 2);
         assert_eq!(highlight_count("* item\n* item"), 0);
         assert_eq!(placeholder_count("Dear [name], at [address]."), 2);
-        assert_eq!(section_count("SECTION 1\nx\nSECTION 2\nSection 3", "SECTION"), 2);
+        assert_eq!(
+            section_count("SECTION 1\nx\nSECTION 2\nSection 3", "SECTION"),
+            2
+        );
     }
 
     #[test]
@@ -264,7 +276,10 @@ mod tests {
         assert!(has_postscript("Hi.\n\nP. S. see you", "P.S."));
         assert!(has_postscript("Hi.\n  p.s. later", "P.S."));
         assert!(!has_postscript("Hi. PS later", "P.S."));
-        assert_eq!(without_code_fence(" ```json\n{\"a\": 1}\n``` "), "{\"a\": 1}");
+        assert_eq!(
+            without_code_fence(" ```json\n{\"a\": 1}\n``` "),
+            "{\"a\": 1}"
+        );
         assert_eq!(without_code_fence("[1]"), "[1]");
         assert_eq!(normalized("  Hello\n  World "), "hello world");
     }

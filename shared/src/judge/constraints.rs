@@ -165,7 +165,9 @@ impl Constraint {
             match bounds {
                 (None, None) => return Err("expected `at_least`, `at_most` or both".into()),
                 (Some(lo), Some(hi)) if lo > hi => {
-                    return Err(format!("at_least {lo} > at_most {hi}, expected at_least <= at_most"))
+                    return Err(format!(
+                        "at_least {lo} > at_most {hi}, expected at_least <= at_most"
+                    ))
                 }
                 _ => {}
             }

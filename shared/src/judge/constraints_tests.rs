@@ -27,11 +27,22 @@ fn word_count() {
     );
     // "don't" is two words (don, t); Cyrillic runs are words; Markdown marks are not.
     assert_eq!(
-        met(c, &["don't stop", "stop now", "Привет мой друг", "**bold** - x y"]),
+        met(
+            c,
+            &[
+                "don't stop",
+                "stop now",
+                "Привет мой друг",
+                "**bold** - x y"
+            ]
+        ),
         [true, false, true, true]
     );
     assert_eq!(
-        met(r#"{"kind": "word_count", "at_most": 0}"#, &["", " \n ", "a"]),
+        met(
+            r#"{"kind": "word_count", "at_most": 0}"#,
+            &["", " \n ", "a"]
+        ),
         [true, true, false]
     );
 }
@@ -40,11 +51,22 @@ fn word_count() {
 fn sentence_count() {
     let c = r#"{"kind": "sentence_count", "at_most": 2}"#;
     assert_eq!(
-        met(c, &["One. Two.", "One. Two. Three.", "", "Dr. Who met Mr. Bean. Then left."]),
+        met(
+            c,
+            &[
+                "One. Two.",
+                "One. Two. Three.",
+                "",
+                "Dr. Who met Mr. Bean. Then left."
+            ]
+        ),
         [true, false, true, true]
     );
     let c = r#"{"kind": "sentence_count", "at_least": 2}"#;
-    assert_eq!(met(c, &["海很美。我喜欢海。", "Hi", "- a.\n- b."]), [true, false, true]);
+    assert_eq!(
+        met(c, &["海很美。我喜欢海。", "Hi", "- a.\n- b."]),
+        [true, false, true]
+    );
 }
 
 #[test]
@@ -70,7 +92,10 @@ fn paragraph_count() {
 fn char_count() {
     let c = r#"{"kind": "char_count", "at_most": 5}"#;
     // Characters, not bytes; surrounding whitespace does not count.
-    assert_eq!(met(c, &["héllo", "  héllo\n", "hello!", "", "日本語です"]), [true, true, false, true, true]);
+    assert_eq!(
+        met(c, &["héllo", "  héllo\n", "hello!", "", "日本語です"]),
+        [true, true, false, true, true]
+    );
     let c = r#"{"kind": "char_count", "at_least": 1}"#;
     assert_eq!(met(c, &["", " ", "x"]), [false, false, true]);
 }
@@ -81,7 +106,12 @@ fn include_and_exclude_keywords() {
     assert_eq!(
         met(
             c,
-            &["The OCEAN hides a blue whale.", "The ocean.", "oceanic blue whales", ""]
+            &[
+                "The OCEAN hides a blue whale.",
+                "The ocean.",
+                "oceanic blue whales",
+                ""
+            ]
         ),
         [true, false, false, false]
     );
@@ -100,13 +130,19 @@ fn keyword_frequency() {
         [true, false, false, false]
     );
     let c = r#"{"kind": "keyword_frequency", "keyword": "so", "at_most": 1}"#;
-    assert_eq!(met(c, &["so", "so so", "", "also soon"]), [true, false, true, true]);
+    assert_eq!(
+        met(c, &["so", "so so", "", "also soon"]),
+        [true, false, true, true]
+    );
 }
 
 #[test]
 fn letter_frequency() {
     let c = r#"{"kind": "letter_frequency", "letter": "z", "at_least": 2}"#;
-    assert_eq!(met(c, &["Zebra pizza", "zoo", "", "ZZ"]), [true, false, false, true]);
+    assert_eq!(
+        met(c, &["Zebra pizza", "zoo", "", "ZZ"]),
+        [true, false, false, true]
+    );
     let c = r#"{"kind": "letter_frequency", "letter": "ё", "at_most": 1}"#;
     assert_eq!(met(c, &["Ёж", "Ёлка и ёж", "е"]), [true, false, true]);
 }
@@ -115,13 +151,27 @@ fn letter_frequency() {
 fn lowercase_and_uppercase() {
     let c = r#"{"kind": "lowercase"}"#;
     assert_eq!(
-        met(c, &["all quiet here, 42.", "Not quiet", "", "123 !", "привет мир", "你好", "**bold** `code`"]),
+        met(
+            c,
+            &[
+                "all quiet here, 42.",
+                "Not quiet",
+                "",
+                "123 !",
+                "привет мир",
+                "你好",
+                "**bold** `code`"
+            ]
+        ),
         // A response without cased letters (empty, digits, Han) is not "in lowercase".
         [true, false, false, false, true, false, true]
     );
     let c = r#"{"kind": "uppercase"}"#;
     assert_eq!(
-        met(c, &["STOP NOW!", "STOP now", "", "ПРИВЕТ", "ÉTÉ 2024", "Straße"]),
+        met(
+            c,
+            &["STOP NOW!", "STOP now", "", "ПРИВЕТ", "ÉTÉ 2024", "Straße"]
+        ),
         [true, false, false, true, true, false]
     );
 }
@@ -130,7 +180,16 @@ fn lowercase_and_uppercase() {
 fn capital_word_count() {
     let c = r#"{"kind": "capital_word_count", "at_least": 2, "at_most": 3}"#;
     assert_eq!(
-        met(c, &["NASA and the ESA", "NASA only", "I SAW THE USA", "", "МИР и ДРУЖБА"]),
+        met(
+            c,
+            &[
+                "NASA and the ESA",
+                "NASA only",
+                "I SAW THE USA",
+                "",
+                "МИР и ДРУЖБА"
+            ]
+        ),
         [true, false, false, false, true]
     );
 }
@@ -139,7 +198,17 @@ fn capital_word_count() {
 fn no_commas() {
     let c = r#"{"kind": "no_commas"}"#;
     assert_eq!(
-        met(c, &["No commas here.", "One, two", "", "中文，逗号", "日本、中国", "لا، شكرا"]),
+        met(
+            c,
+            &[
+                "No commas here.",
+                "One, two",
+                "",
+                "中文，逗号",
+                "日本、中国",
+                "لا، شكرا"
+            ]
+        ),
         [true, false, true, false, false, false]
     );
 }
@@ -207,7 +276,15 @@ fn highlight_count() {
 fn placeholder_count() {
     let c = r#"{"kind": "placeholder_count", "at_least": 2}"#;
     assert_eq!(
-        met(c, &["Dear [name], see you at [place].", "Dear [name].", "", "[a] [b]"]),
+        met(
+            c,
+            &[
+                "Dear [name], see you at [place].",
+                "Dear [name].",
+                "",
+                "[a] [b]"
+            ]
+        ),
         [true, false, false, true]
     );
 }
@@ -218,7 +295,12 @@ fn section_count() {
     assert_eq!(
         met(
             c,
-            &["SECTION 1\nIntro\nSECTION 2\nEnd", "SECTION 1 only", "Section 1\nSection 2", ""]
+            &[
+                "SECTION 1\nIntro\nSECTION 2\nEnd",
+                "SECTION 1 only",
+                "Section 1\nSection 2",
+                ""
+            ]
         ),
         [true, false, false, false]
     );
@@ -228,7 +310,16 @@ fn section_count() {
 fn title() {
     let c = r#"{"kind": "title"}"#;
     assert_eq!(
-        met(c, &["<<The Sea>>\nWaves roll in.", "The Sea", "<< >>", "", "<<Море>> волны"]),
+        met(
+            c,
+            &[
+                "<<The Sea>>\nWaves roll in.",
+                "The Sea",
+                "<< >>",
+                "",
+                "<<Море>> волны"
+            ]
+        ),
         [true, false, false, false, true]
     );
 }
@@ -239,7 +330,13 @@ fn postscript() {
     assert_eq!(
         met(
             c,
-            &["See you soon.\n\nP.S. Bring a coat.", "See you.\np. s. bye", "See you. P.S. bye", "PS bye", ""]
+            &[
+                "See you soon.\n\nP.S. Bring a coat.",
+                "See you.\np. s. bye",
+                "See you. P.S. bye",
+                "PS bye",
+                ""
+            ]
         ),
         [true, true, false, false, false]
     );
@@ -249,14 +346,27 @@ fn postscript() {
 fn start_and_end_phrases() {
     let c = r#"{"kind": "start_phrase", "phrase": "Dear friend,"}"#;
     assert_eq!(
-        met(c, &["Dear friend, hello.", "  DEAR   friend, hi", "Hello dear friend,", ""]),
+        met(
+            c,
+            &[
+                "Dear friend, hello.",
+                "  DEAR   friend, hi",
+                "Hello dear friend,",
+                ""
+            ]
+        ),
         [true, true, false, false]
     );
     let c = r#"{"kind": "end_phrase", "phrase": "Any other questions?"}"#;
     assert_eq!(
         met(
             c,
-            &["Done. Any other questions?", "Done. any other\nquestions?  \n", "Any other questions? Done.", ""]
+            &[
+                "Done. Any other questions?",
+                "Done. any other\nquestions?  \n",
+                "Any other questions? Done.",
+                ""
+            ]
         ),
         [true, true, false, false]
     );
@@ -266,7 +376,18 @@ fn start_and_end_phrases() {
 fn quoted() {
     let c = r#"{"kind": "quoted"}"#;
     assert_eq!(
-        met(c, &["\"The sea is calm.\"", " “Calm.” ", "«Спокойно»", "\"Half", "\"", "", "'single'"]),
+        met(
+            c,
+            &[
+                "\"The sea is calm.\"",
+                " “Calm.” ",
+                "«Спокойно»",
+                "\"Half",
+                "\"",
+                "",
+                "'single'"
+            ]
+        ),
         [true, true, true, false, false, false, false]
     );
 }
@@ -275,7 +396,15 @@ fn quoted() {
 fn script() {
     let c = r#"{"kind": "script", "script": "cyrillic"}"#;
     assert_eq!(
-        met(c, &["Море сегодня удивительно спокойное и тёплое. Я взял GPS.", "The sea is calm.", "", "123"]),
+        met(
+            c,
+            &[
+                "Море сегодня удивительно спокойное и тёплое. Я взял GPS.",
+                "The sea is calm.",
+                "",
+                "123"
+            ]
+        ),
         [true, false, false, false]
     );
     let c = r#"{"kind": "script", "script": "han"}"#;
@@ -301,7 +430,13 @@ fn repeat_request() {
         [true, true, false, false, false]
     );
     let c = r#"{"kind": "repeat_request", "request": "Name a color."}"#;
-    assert_eq!(met(c, &["Name a color. Blue.", "Write a haiku about the sea. Blue."]), [true, false]);
+    assert_eq!(
+        met(
+            c,
+            &["Name a color. Blue.", "Write a haiku about the sea. Blue."]
+        ),
+        [true, false]
+    );
 }
 
 #[test]
@@ -332,25 +467,53 @@ fn parsing_keeps_the_kind_and_canonical_json() {
 fn bad_constraints_are_clear_errors() {
     let cases: [(&str, &[&str]); 14] = [
         ("not json", &["not JSON"]),
-        (r#"{"kind": "lowercase"}"#, &["is {\"kind\":\"lowercase\"}", "expected a JSON list"]),
+        (
+            r#"{"kind": "lowercase"}"#,
+            &["is {\"kind\":\"lowercase\"}", "expected a JSON list"],
+        ),
         ("[]", &["empty list"]),
         (
             r#"[{"kind": "lowercase"}, {"kind": "shout"}]"#,
-            &["constraints[1] {\"kind\":\"shout\"}", "unknown variant `shout`", "word_count"],
+            &[
+                "constraints[1] {\"kind\":\"shout\"}",
+                "unknown variant `shout`",
+                "word_count",
+            ],
         ),
         (r#"[{"at_most": 3}]"#, &["constraints[0]", "string `kind`"]),
-        (r#"[{"kind": "word_count"}]"#, &["expected `at_least`, `at_most` or both"]),
+        (
+            r#"[{"kind": "word_count"}]"#,
+            &["expected `at_least`, `at_most` or both"],
+        ),
         (
             r#"[{"kind": "word_count", "at_least": 5, "at_most": 2}]"#,
             &["at_least 5 > at_most 2"],
         ),
         (r#"[{"kind": "word_count", "at_most": -1}]"#, &["-1", "u32"]),
-        (r#"[{"kind": "word_count", "at_most": "ten"}]"#, &["\"ten\"", "u32"]),
-        (r#"[{"kind": "word_count", "most": 3}]"#, &["unknown field `most`"]),
-        (r#"[{"kind": "lowercase", "strict": true}]"#, &["unknown field `strict`"]),
-        (r#"[{"kind": "include_keywords", "keywords": []}]"#, &["`keywords` is an empty list"]),
-        (r#"[{"kind": "letter_frequency", "letter": "ab", "at_least": 1}]"#, &["\"ab\"", "character"]),
-        (r#"[{"kind": "script", "script": "klingon"}]"#, &["klingon", "cyrillic"]),
+        (
+            r#"[{"kind": "word_count", "at_most": "ten"}]"#,
+            &["\"ten\"", "u32"],
+        ),
+        (
+            r#"[{"kind": "word_count", "most": 3}]"#,
+            &["unknown field `most`"],
+        ),
+        (
+            r#"[{"kind": "lowercase", "strict": true}]"#,
+            &["unknown field `strict`"],
+        ),
+        (
+            r#"[{"kind": "include_keywords", "keywords": []}]"#,
+            &["`keywords` is an empty list"],
+        ),
+        (
+            r#"[{"kind": "letter_frequency", "letter": "ab", "at_least": 1}]"#,
+            &["\"ab\"", "character"],
+        ),
+        (
+            r#"[{"kind": "script", "script": "klingon"}]"#,
+            &["klingon", "cyrillic"],
+        ),
     ];
     for (json, wants) in cases {
         let msg = error(json);
@@ -364,6 +527,12 @@ fn bad_constraints_are_clear_errors() {
         r#"[{"kind": "end_phrase"}]"#,
         r#"[{"kind": "repeat_request", "request": ""}]"#,
     ] {
-        assert!(matches!(parse_constraints(json), Err(ConstraintError::Bad { index: 0, .. })), "{json}");
+        assert!(
+            matches!(
+                parse_constraints(json),
+                Err(ConstraintError::Bad { index: 0, .. })
+            ),
+            "{json}"
+        );
     }
 }

@@ -138,7 +138,11 @@ mod tests {
                 .iter()
                 .map(|o| (o.index, o.kind.as_str(), o.passed))
                 .collect::<Vec<_>>(),
-            [(0, "word_count", true), (1, "lowercase", false), (2, "no_commas", true)]
+            [
+                (0, "word_count", true),
+                (1, "lowercase", false),
+                (2, "no_commas", true)
+            ]
         );
         assert_eq!(outcomes[0].json, r#"{"at_most":5,"kind":"word_count"}"#);
     }
@@ -166,7 +170,9 @@ mod tests {
         let bad = r#"[{"kind": "lowercase"}, {"kind": "word_count", "at_least": "many"}]"#;
         for judged in [
             InstructionsJudge.check(&[item(&m, "x", Some(bad))]),
-            InstructionsJudge.score(&[item(&m, "x", Some(bad))]).map(|_| ()),
+            InstructionsJudge
+                .score(&[item(&m, "x", Some(bad))])
+                .map(|_| ()),
         ] {
             let msg = judged.unwrap_err().to_string();
             assert!(

@@ -44,8 +44,8 @@ pub use position_disagreement::{
 };
 pub use preference_matrix::{PairPreference, PreferenceError, PreferenceMatrix};
 pub use reward_model::{reward_scores, RewardModelJudge};
-pub use scripts::Script;
 pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
+pub use scripts::Script;
 pub use traits::{
     judge_digest, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,
 };

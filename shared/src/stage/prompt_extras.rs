@@ -41,7 +41,9 @@ impl PromptExtras {
                     extras.references.insert(id.to_string(), r);
                 }
                 None => {
-                    extras.missing_reference.get_or_insert_with(|| id.to_string());
+                    extras
+                        .missing_reference
+                        .get_or_insert_with(|| id.to_string());
                 }
             }
             if let Some(c) = constraints {

@@ -16,8 +16,8 @@ use super::prompt_extras::PromptExtras;
 use super::score_constraints::{constraints_path, write_constraint_outcomes};
 use super::settings::Settings;
 use crate::data::{
-    default_cache_dir, read_rows, write_rows, ChunkStore, FileKind, FileMeta,
-    ModelRef, PreferenceRow, SampleRow, ScoreRow,
+    default_cache_dir, read_rows, write_rows, ChunkStore, FileKind, FileMeta, ModelRef,
+    PreferenceRow, SampleRow, ScoreRow,
 };
 use crate::judge::cache::{item_key, pair_key};
 use crate::judge::rules::{ContainsRule, ExactMatchRule, LengthRule};
@@ -288,7 +288,10 @@ pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
     let content = spec.content.clone();
     let mut report = score_with_judge(job, spec.content, spec.models, spec.scalar, spec.load)?;
     if kind == JudgeKind::Instructions {
-        let scores = report.scores.as_deref().context("a scalar judge writes scores")?;
+        let scores = report
+            .scores
+            .as_deref()
+            .context("a scalar judge writes scores")?;
         let out = constraints_path(scores);
         write_constraint_outcomes(job, &content, &out)?;
         report.constraints = Some(out);
@@ -566,7 +569,10 @@ pub fn score_with_judge(
     );
     if judge.uses_reference() {
         let prompts = job.prompts.with_context(|| {
-            format!("{} needs --prompts FILE with a 'reference' column", judge.name())
+            format!(
+                "{} needs --prompts FILE with a 'reference' column",
+                judge.name()
+            )
         })?;
         extras.require_references(prompts)?;
     }
@@ -731,10 +737,7 @@ fn judge_scalar(
     let name = w.name;
     let (digest, uses_reference) = (judge.digest(), judge.uses_reference());
     for chunk in chunks(w.pending, w.batch_size) {
-        let items: Vec<JudgeItem> = chunk
-            .iter()
-            .flat_map(|g| items_of(g, w.extras))
-            .collect();
+        let items: Vec<JudgeItem> = chunk.iter().flat_map(|g| items_of(g, w.extras)).collect();
         let keys: Vec<[u8; 32]> = items
             .iter()
             .map(|it| item_key(&digest, it, uses_reference))

@@ -77,8 +77,15 @@ mod tests {
                 constraints: Some(c.into()),
             })
             .collect();
-        let fp = blake3::hash(constraints.concat().as_bytes()).to_hex().to_string();
-        write_rows(path, &FileMeta::new(FileKind::Prompts, "external", fp), &rows).unwrap();
+        let fp = blake3::hash(constraints.concat().as_bytes())
+            .to_hex()
+            .to_string();
+        write_rows(
+            path,
+            &FileMeta::new(FileKind::Prompts, "external", fp),
+            &rows,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -152,10 +159,16 @@ mod tests {
         let r = run(&tmp.path("again/preferences.parquet"), false).unwrap();
         assert_eq!((r.judged, r.reused), (0, 4));
         let again = std::fs::read(tmp.path("again/constraints.parquet")).unwrap();
-        assert_eq!(again, std::fs::read(tmp.path("constraints.parquet")).unwrap());
+        assert_eq!(
+            again,
+            std::fs::read(tmp.path("constraints.parquet")).unwrap()
+        );
 
         // Other constraints for the same prompts: judged anew, not taken from the cache.
-        write_prompts(&prompts, [r#"[{"kind":"uppercase"}]"#, r#"[{"kind":"json_only"}]"#]);
+        write_prompts(
+            &prompts,
+            [r#"[{"kind":"uppercase"}]"#, r#"[{"kind":"json_only"}]"#],
+        );
         let r = run(&tmp.path("other/preferences.parquet"), false).unwrap();
         assert_eq!((r.judged, r.reused), (2, 2));
         let (_, scores) = read_rows::<ScoreRow>(&tmp.path("other/scores.parquet")).unwrap();
@@ -168,7 +181,12 @@ mod tests {
         let samples = tmp.path("samples.parquet");
         write_samples(
             &samples,
-            &[sample("a", 0, "x"), sample("a", 1, "y"), sample("b", 0, "x"), sample("b", 1, "y")],
+            &[
+                sample("a", 0, "x"),
+                sample("a", 1, "y"),
+                sample("b", 0, "x"),
+                sample("b", 1, "y"),
+            ],
         );
         let prompts = tmp.path("prompts.parquet");
         let s = ScoreSettings {
@@ -186,11 +204,17 @@ mod tests {
             force: false,
         };
         let msg = format!("{:#}", score(&job(None)).unwrap_err());
-        assert!(msg.contains("--judge instructions needs --prompts FILE"), "{msg}");
+        assert!(
+            msg.contains("--judge instructions needs --prompts FILE"),
+            "{msg}"
+        );
 
         write_prompts(
             &prompts,
-            [r#"[{"kind":"lowercase"}]"#, r#"[{"kind":"no_commas"},{"kind":"all_caps"}]"#],
+            [
+                r#"[{"kind":"lowercase"}]"#,
+                r#"[{"kind":"no_commas"},{"kind":"all_caps"}]"#,
+            ],
         );
         let msg = format!("{:#}", score(&job(Some(&prompts))).unwrap_err());
         assert!(
@@ -200,7 +224,10 @@ mod tests {
         );
         write_prompts(
             &prompts,
-            [r#"[{"kind":"lowercase"}]"#, r#"[{"kind":"word_count","at_least":9,"at_most":3}]"#],
+            [
+                r#"[{"kind":"lowercase"}]"#,
+                r#"[{"kind":"word_count","at_least":9,"at_most":3}]"#,
+            ],
         );
         let msg = format!("{:#}", score(&job(Some(&prompts))).unwrap_err());
         assert!(
