@@ -19,15 +19,21 @@ RUNDIR   ?= data/runs/$(RUN)
 BIN      ?= $(if $(filter cuda,$(FEATURES)),target/cuda/release,target/release)
 BUILD    ?= build
 
-# [pipeline] keys are one-line strings or numbers, read here without a TOML parser.
-pipeline_key = $(shell sed -n 's/^$(1) *= *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' $(PIPELINE) | head -n 1)
-BASE_MODEL   := $(call pipeline_key,base_model)
-JUDGE        := $(call pipeline_key,judge)
-JUDGE_MODEL  := $(call pipeline_key,judge_model)
-PROMPTS      := $(call pipeline_key,prompts)
-PROMPT_PARTS := $(call pipeline_key,prompt_parts)
-EVAL_PROMPTS := $(call pipeline_key,eval_prompts)
-BASELINE     := $(call pipeline_key,baseline)
+# The [pipeline] section as make variables (BASE_MODEL, JUDGE, JUDGE_MODEL, PROMPTS,
+# PROMPT_PARTS, EVAL_PROMPTS, BASELINE), written by our own reader after it checks the whole
+# file, so that make and the stages read one file one way. make remakes it when the pipeline
+# file changes, then starts over with the values.
+PIPELINE_VARS = $(RUNDIR)/pipeline.mk
+ifneq ($(filter iter $(RUNDIR)/%,$(MAKECMDGOALS)),)
+ifeq ($(wildcard $(PIPELINE)),)
+$(error PIPELINE=$(PIPELINE): no such file (the pipelines are in pipelines/))
+endif
+include $(PIPELINE_VARS)
+endif
+$(PIPELINE_VARS): $(PIPELINE) | $(BUILD)
+	@mkdir -p $(@D)
+	$(BIN)/generate pipeline-vars $(PIPELINE) > $@.tmp || { rm -f $@.tmp; exit 1; }
+	@mv $@.tmp $@
 
 JUDGE_ARGS = --judge $(JUDGE) $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL))
 TIMED      = scripts/timed.sh $(RUNDIR)/timings.tsv

@@ -441,7 +441,7 @@ fn logprobs_match_the_fixture_and_the_sampling_logprob() {
     let (rmeta, rrows) = read_rows::<LogprobRow>(&reused).unwrap();
     assert_eq!(rmeta.role(), Some("reference"));
     assert_eq!(rrows, read_rows::<LogprobRow>(&lp).unwrap().1);
-    // Another model: computed, not reused.
+    // Another model (same vocabulary): computed, not reused.
     let other = t.path("logprobs-other.parquet");
     let err = ok(
         &t,
@@ -449,7 +449,7 @@ fn logprobs_match_the_fixture_and_the_sampling_logprob() {
         &[
             "logprobs",
             "--model",
-            s(&fixture("tiny-qwen2")),
+            s(&fixture("rspo-oracle/policy")),
             "--samples",
             s(&samples),
             "--role",

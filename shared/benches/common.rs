@@ -72,10 +72,7 @@ pub fn train_workload(vocab: usize) -> (Vec<Example>, LossSpec) {
             reference: vec![],
         })
         .collect();
-    let spec = LossSpec {
-        beta: 0.001,
-        regularizers: Preset::RspoPaper.regularizers(),
-    };
+    let spec = LossSpec::new(0.001, Preset::RspoPaper.regularizers()).unwrap();
     (examples, spec)
 }
 

@@ -76,15 +76,14 @@ fn main() {
     });
     rspo::stage::train_step::prefer_serial_elementwise_ops();
     rspo::stage::train_step::keep_large_allocations();
-    let device = rspo::stage::parse_device(&args.device).unwrap_or_else(|e| {
+    let device = rspo::model::parse_device(&args.device).unwrap_or_else(|e| {
         eprintln!("throughput: {e:#}");
         std::process::exit(1)
     });
-    let dtype =
-        rspo::stage::generate::dtype_for(args.dtype.as_deref(), &device).unwrap_or_else(|e| {
-            eprintln!("throughput: {e:#}");
-            std::process::exit(2)
-        });
+    let dtype = rspo::model::dtype_for(args.dtype.as_deref(), &device).unwrap_or_else(|e| {
+        eprintln!("throughput: {e:#}");
+        std::process::exit(2)
+    });
     let text = std::fs::read_to_string(&args.config).unwrap_or_else(|e| {
         eprintln!("throughput: {}: {e}", args.config);
         std::process::exit(1)
@@ -190,7 +189,7 @@ fn bench_train(
         let mut out = step_gradients(&model, &trainable.params, &batch, &spec, 8).expect("step");
         clip_grad_norm(&mut out.grads, &trainable.params, 1.0).expect("clip");
         optimizer.step(&out.grads, 5e-7).expect("optimizer");
-        assert!(out.loss.is_finite());
+        assert!(out.values.loss.is_finite());
     };
     step();
     sync(&device);

@@ -70,7 +70,7 @@ fn measure(trainable: &TrainableModel, label: &str) {
         optimizer.step(&out.grads, 5e-7).expect("optimizer");
         let t3 = Instant::now();
         if timed {
-            assert!(out.loss.is_finite());
+            assert!(out.values.loss.is_finite());
         }
         [
             (t1 - t0).as_secs_f64(),

@@ -166,10 +166,7 @@ fn loss_terms_and_gradients_match_pytorch() {
     let mut report = String::new();
     for result in &o.results {
         let c = &result.config;
-        let spec = LossSpec {
-            beta: 1.0 / c.eta,
-            regularizers: c.terms.clone(),
-        };
+        let spec = LossSpec::new(1.0 / c.eta, c.terms.clone()).unwrap();
         let inputs = ExampleInputs {
             samples: ("samples", &r.samples),
             winrates: ("winrates", &r.winrates),
@@ -183,12 +180,12 @@ fn loss_terms_and_gradients_match_pytorch() {
         let refs: Vec<_> = examples.iter().collect();
         let out = step_gradients(&trainable.model, &trainable.params, &refs, &spec, 64).unwrap();
 
-        let mut worst_term = rel(out.self_play, result.terms["self_play"]);
-        assert_eq!(out.terms.len() + 1, result.terms.len(), "{}", c.name);
-        for (name, value) in &out.terms {
+        let mut worst_term = rel(out.values.self_play, result.terms["self_play"]);
+        assert_eq!(out.values.terms.len() + 1, result.terms.len(), "{}", c.name);
+        for (name, value) in &out.values.terms {
             worst_term = worst_term.max(rel(*value, result.terms[name.as_str()]));
         }
-        let loss_err = rel(out.loss, result.loss);
+        let loss_err = rel(out.values.loss, result.loss);
         let norm = grad_norm(&out.grads, &trainable.params).unwrap();
         let norm_err = rel(norm, result.grad_global_norm);
         let mut worst_slice = 0f64;
@@ -246,10 +243,7 @@ fn micro_batches_give_the_whole_batch_gradient() {
         )
     }) {
         let c = &result.config;
-        let spec = LossSpec {
-            beta: 1.0 / c.eta,
-            regularizers: c.terms.clone(),
-        };
+        let spec = LossSpec::new(1.0 / c.eta, c.terms.clone()).unwrap();
         let inputs = ExampleInputs {
             samples: ("samples", &r.samples),
             winrates: ("winrates", &r.winrates),
@@ -267,13 +261,13 @@ fn micro_batches_give_the_whole_batch_gradient() {
                 step_gradients(&trainable.model, &trainable.params, &refs, &spec, micro).unwrap();
             assert!(split.micro_batches > 1);
             assert!(
-                rel(split.loss, whole.loss) < 1e-6,
+                rel(split.values.loss, whole.values.loss) < 1e-6,
                 "{} micro {micro}: {} vs {}",
                 c.name,
-                split.loss,
-                whole.loss
+                split.values.loss,
+                whole.values.loss
             );
-            for ((n, a), (_, b)) in split.terms.iter().zip(&whole.terms) {
+            for ((n, a), (_, b)) in split.values.terms.iter().zip(&whole.values.terms) {
                 assert!(rel(*a, *b) < 1e-6, "{} {n}", c.name);
             }
             let mut worst = 0f64;
@@ -303,10 +297,7 @@ fn one_adamw_step_moves_every_parameter_as_pytorch() {
     let o = oracle();
     let r = rows(&o);
     let trainable = policy_model();
-    let spec = LossSpec {
-        beta: 0.1,
-        regularizers: vec![],
-    };
+    let spec = LossSpec::new(0.1, vec![]).unwrap();
     let inputs = ExampleInputs {
         samples: ("samples", &r.samples),
         winrates: ("winrates", &r.winrates),
@@ -412,10 +403,7 @@ fn bf16_compute_keeps_f32_masters_and_matches_pytorch_loosely() {
     let mut report = String::new();
     for result in &o.results {
         let c = &result.config;
-        let spec = LossSpec {
-            beta: 1.0 / c.eta,
-            regularizers: c.terms.clone(),
-        };
+        let spec = LossSpec::new(1.0 / c.eta, c.terms.clone()).unwrap();
         let examples = oracle_examples(&r, &spec, c.selection);
         let refs: Vec<_> = examples.iter().collect();
         let out = step_gradients(&model, &trainable.params, &refs, &spec, 64).unwrap();
@@ -431,15 +419,19 @@ fn bf16_compute_keeps_f32_masters_and_matches_pytorch_loosely() {
         let line = format!(
             "{:>24}: bf16 loss {:.4} vs {want:.4}, self-play {:.4} vs {:.4}, grad norm {norm:.2} \
              vs {:.2}\n",
-            c.name, out.loss, out.self_play, result.terms["self_play"], result.grad_global_norm
+            c.name,
+            out.values.loss,
+            out.values.self_play,
+            result.terms["self_play"],
+            result.grad_global_norm
         );
         report.push_str(&line);
-        assert!(out.loss.is_finite(), "{line}");
+        assert!(out.values.loss.is_finite(), "{line}");
         if c.terms.is_empty() {
             let sp = result.terms["self_play"];
             let bound = 2.0 * sp.sqrt() * d + d * d;
             assert!(
-                (out.self_play - sp).abs() <= bound,
+                (out.values.self_play - sp).abs() <= bound,
                 "{line} (bound {bound:.3})"
             );
         }
@@ -451,10 +443,7 @@ fn bf16_compute_keeps_f32_masters_and_matches_pytorch_loosely() {
 /// The oracle's samples, best and worst per prompt, under the plain self-play loss at beta 0.1:
 /// the setting of the mixed-precision training tests.
 fn self_play_examples() -> (LossSpec, Vec<rspo::train::Example>) {
-    let spec = LossSpec {
-        beta: 0.1,
-        regularizers: vec![],
-    };
+    let spec = LossSpec::new(0.1, vec![]).unwrap();
     let examples = oracle_examples(&rows(&oracle()), &spec, Selection::BestWorst);
     (spec, examples)
 }
@@ -478,7 +467,7 @@ fn bf16_steps_move_the_loss_as_f32_steps_do() {
             let mut out = step_gradients(&model, &trainable.params, &refs, &spec, 64).unwrap();
             clip_grad_norm(&mut out.grads, &trainable.params, 1.0).unwrap();
             opt.step(&out.grads, 1e-3).unwrap();
-            losses.push(out.loss);
+            losses.push(out.values.loss);
         }
         (losses, opt)
     };

@@ -111,14 +111,11 @@ fn frozen_copy(ck: &Checkpoint, t: &TrainableModel) -> Transformer {
 
 fn one_step(t: &TrainableModel, examples: &[Example], opt: &mut Optimizer, lr: f64) -> f64 {
     let batch: Vec<&Example> = examples.iter().collect();
-    let spec = LossSpec {
-        beta: 0.1,
-        regularizers: Preset::RspoPaper.regularizers(),
-    };
+    let spec = LossSpec::new(0.1, Preset::RspoPaper.regularizers()).unwrap();
     let mut out = step_gradients(&t.model, &t.params, &batch, &spec, 3).unwrap();
     clip_grad_norm(&mut out.grads, &t.params, 1.0).unwrap();
     opt.step(&out.grads, lr).unwrap();
-    out.loss
+    out.values.loss
 }
 
 fn adamw(t: &TrainableModel) -> Optimizer {
@@ -195,10 +192,7 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
     // The adapters' gradients with the frozen-weight kernel equal those of plain matmuls
     // (base weights as Vars that are then not trained).
     let batch: Vec<&Example> = examples.iter().collect();
-    let loss = LossSpec {
-        beta: 0.1,
-        regularizers: vec![],
-    };
+    let loss = LossSpec::new(0.1, vec![]).unwrap();
     let frozen = step_gradients(&t.model, &t.params, &batch, &loss, 8).unwrap();
     let var_base = TrainableModel::full(ck.config.clone(), &w).unwrap();
     let mut reference = var_base.model.clone();

@@ -2,8 +2,8 @@
 
 use anyhow::Result;
 use clap::Parser;
-use rspo::stage::winrate::{self, WinrateJob, WinrateSettings};
-use rspo::stage::{Outcome, Settings};
+use rspo::stage::estimate_winrate::{self, WinrateJob, WinrateSettings};
+use rspo::stage::{parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
 /// Estimate each sample's win rate against the other samples of its prompt.
@@ -28,28 +28,23 @@ struct Cli {
     /// Output winrates.parquet.
     #[arg(long)]
     out: PathBuf,
-    /// Average over the K - 1 other samples only, without the self-comparison [default: off].
-    #[arg(long)]
-    exclude_self: bool,
-    /// Pipeline config (TOML); its [winrate] section sets defaults (key exclude_self).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Redo the work even if the output is up to date.
-    #[arg(long)]
-    force: bool,
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [winrate] section of --config)"
+    )]
+    settings: WinrateSettings,
+    #[command(flatten)]
+    run: StageFlags,
 }
 
 fn main() -> Result<()> {
-    let a = Cli::parse();
-    let mut s = WinrateSettings::from_config(a.config.as_deref())?;
-    if a.exclude_self {
-        s.exclude_self = true;
-    }
-    let r = winrate::estimate_winrate(&WinrateJob {
+    let (a, matches) = parse_command_line::<Cli>();
+    let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
+    let r = estimate_winrate::estimate_winrate(&WinrateJob {
         preferences: &a.preferences,
         out: &a.out,
         settings: &s,
-        force: a.force,
+        force: a.run.force,
     })?;
     match r.outcome {
         Outcome::UpToDate => eprintln!("estimate-winrate: {} is up to date", a.out.display()),

@@ -2,13 +2,14 @@
 
 use anyhow::Result;
 use clap::Parser;
+use rspo::judge::JudgeSettings;
 use rspo::stage::evaluate::{self, EvaluateJob, EvaluateSettings};
 use rspo::stage::score::ScoreSettings;
-use rspo::stage::{set, Outcome, Settings};
+use rspo::stage::{flag_given, parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
 /// Generate each model's responses to the evaluation prompts, judge them against a baseline,
-/// and write eval.parquet (one row per model and prompt), summary.json (win rate,
+/// and write eval.parquet (one row per model, prompt and sample), summary.json (win rate,
 /// length-controlled win rate, mean length, EOS rate, self-BLEU-3, distinct-1/2, KL estimate)
 /// and report.md with chart.svg.
 #[derive(Parser)]
@@ -25,69 +26,40 @@ struct Args {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
-    /// The judge: reward-model, rule:length, rule:contains, rule:exact-match (settings of the
-    /// [score] section apply).
-    #[arg(long)]
-    judge: Option<String>,
-    /// The judge's model for reward-model (directory or Hub id).
-    #[arg(long)]
-    judge_model: Option<String>,
-    /// `reference` (the prompts' reference answers) or a model whose responses are the
-    /// baseline [default: reference].
-    #[arg(long)]
-    baseline: Option<String>,
-    /// pi_ref for the KL estimate [default: the first of --models].
-    #[arg(long)]
-    reference_model: Option<String>,
-    /// Samples per prompt; each is judged against the baseline (sample k against its sample k) and all measure diversity [default: 4].
-    #[arg(long)]
-    k: Option<u32>,
-    /// Sampling temperature [default: 0.7].
-    #[arg(long)]
-    temperature: Option<f64>,
-    /// Response length limit in tokens [default: 256].
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
     /// Stage timings to include in the report (make iter writes data/runs/<run>/timings.tsv).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     timings: Option<PathBuf>,
-    /// Pipeline config (TOML): its [evaluate] and [score] sections set defaults.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long)]
-    device: Option<String>,
-    /// Redo the work even if the outputs are up to date.
-    #[arg(long)]
-    force: bool,
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [evaluate] section of --config)"
+    )]
+    settings: EvaluateSettings,
+    #[command(
+        flatten,
+        next_help_heading = "The judge (also the [score] section of --config, which sets its temperature, batch size and dtype)"
+    )]
+    judging: JudgeSettings,
+    #[command(flatten)]
+    run: StageFlags,
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
-    let mut s = EvaluateSettings::from_config(a.config.as_deref())?;
-    set(&mut s.k, a.k);
-    set(&mut s.temperature, a.temperature);
-    set(&mut s.max_new_tokens, a.max_new_tokens);
-    set(&mut s.baseline, a.baseline.clone());
-    set(&mut s.device, a.device.clone());
-    if a.reference_model.is_some() {
-        s.reference_model = a.reference_model.clone();
+    let (a, matches) = parse_command_line::<Args>();
+    let config = a.run.config.as_deref();
+    let s = a.settings.under_config(config, &matches)?;
+    let mut judge = ScoreSettings::from_config(config)?;
+    judge.judging = a.judging.under_config(config, &matches)?;
+    if flag_given(&matches, "device") {
+        judge.device = s.device.clone();
     }
-    let mut judge = ScoreSettings::from_config(a.config.as_deref())?;
-    set(&mut judge.judge, a.judge.clone());
-    if a.judge_model.is_some() {
-        judge.judge_model = a.judge_model.clone();
-    }
-    set(&mut judge.device, a.device.clone());
-    let timings = a.timings.clone();
     let outcome = evaluate::evaluate(&EvaluateJob {
         models: &a.models,
         prompts: &a.prompts,
         out: &a.out,
         settings: &s,
         judge: &judge,
-        timings: timings.as_deref(),
-        force: a.force,
+        timings: a.timings.as_deref(),
+        force: a.run.force,
     })?;
     match outcome {
         Outcome::UpToDate => eprintln!("evaluate: {} is up to date", a.out.display()),

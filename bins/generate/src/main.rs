@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use rspo::stage::generate::{self, GenerateSettings, LogprobsJob, SampleJob, Shard};
-use rspo::stage::{set, Outcome, Settings};
+use rspo::stage::{make_variables, parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
 /// Sample K responses per prompt from a policy, compute teacher-forced log-probs of samples
@@ -24,31 +24,18 @@ enum Command {
     Logprobs(LogprobsArgs),
     /// Join the outputs of `sample --shard I/N` (all N) into one file.
     Merge(MergeArgs),
-}
-
-#[derive(Args)]
-struct Common {
-    /// Pipeline config (TOML); its [generate] section sets defaults for the flags below.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Rows decoded or scored together.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long)]
-    device: Option<String>,
-    /// f32 or bf16 (default: f32 on CPU, bf16 on CUDA).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// Redo the work even if the output is up to date.
-    #[arg(long)]
-    force: bool,
+    /// Check a whole pipeline file and print its [pipeline] section as make variables (the
+    /// Makefile reads the file through this).
+    PipelineVars {
+        /// The pipeline file, e.g. pipelines/tiny.toml.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
 struct SampleArgs {
     /// Policy: a Hugging Face model directory or Hub id.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR_OR_HUB_ID")]
     model: String,
     /// Prompts: Parquet with `prompt` (one user turn) or `messages`, optional `prompt_id`.
     #[arg(long)]
@@ -56,41 +43,22 @@ struct SampleArgs {
     /// Output samples.parquet.
     #[arg(long)]
     out: PathBuf,
-    /// Samples per prompt [default: 5].
-    #[arg(long)]
-    k: Option<u32>,
-    /// Sampling temperature; 0 is greedy [default: 0.7].
-    #[arg(long)]
-    temperature: Option<f64>,
-    /// Nucleus sampling mass [default: 0.9].
-    #[arg(long)]
-    top_p: Option<f64>,
-    /// Keep only the k most likely tokens; 0 keeps all [default: 0].
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Response length limit in tokens [default: 512].
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
-    /// Run seed [default: 0].
-    #[arg(long)]
-    seed: Option<u64>,
-    /// RSPO iteration, part of each row's seed [default: 1].
-    #[arg(long)]
-    iteration: Option<u32>,
-    /// Read the prompt from this column.
-    #[arg(long)]
-    prompt_column: Option<String>,
     /// Process only the I-th of N slices of the prompts (0-based), e.g. 0/4.
-    #[arg(long)]
+    #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [generate] section of --config)"
+    )]
+    settings: GenerateSettings,
     #[command(flatten)]
-    common: Common,
+    run: StageFlags,
 }
 
 #[derive(Args)]
 struct LogprobsArgs {
     /// The model whose log-probs are computed (directory or Hub id).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR_OR_HUB_ID")]
     model: String,
     /// samples.parquet from `generate sample`.
     #[arg(long)]
@@ -103,10 +71,15 @@ struct LogprobsArgs {
     out: PathBuf,
     /// Reuse the rows of this log-probs file when it is of the same samples under the same
     /// model (iteration 1: the policy is the reference model); otherwise compute.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     reuse: Option<PathBuf>,
+    #[command(
+        flatten,
+        next_help_heading = "Settings (also the [generate] section of --config; log-probs use only batch size, device and dtype)"
+    )]
+    settings: GenerateSettings,
     #[command(flatten)]
-    common: Common,
+    run: StageFlags,
 }
 
 #[derive(Args)]
@@ -119,16 +92,6 @@ struct MergeArgs {
     shards: Vec<PathBuf>,
 }
 
-fn settings(c: &Common) -> Result<GenerateSettings> {
-    let mut s = GenerateSettings::from_config(c.config.as_deref())?;
-    set(&mut s.batch_size, c.batch_size);
-    set(&mut s.device, c.device.clone());
-    if c.dtype.is_some() {
-        s.dtype = c.dtype.clone();
-    }
-    Ok(s)
-}
-
 fn report(what: &str, out: &std::path::Path, outcome: Outcome) {
     match outcome {
         Outcome::UpToDate => eprintln!("{what}: {} is up to date", out.display()),
@@ -137,38 +100,33 @@ fn report(what: &str, out: &std::path::Path, outcome: Outcome) {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let (cli, matches) = parse_command_line::<Cli>();
+    let matches = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
+    match cli.command {
         Command::Sample(a) => {
-            let mut s = settings(&a.common)?;
-            set(&mut s.k, a.k);
-            set(&mut s.temperature, a.temperature);
-            set(&mut s.top_p, a.top_p);
-            set(&mut s.top_k, a.top_k);
-            set(&mut s.max_new_tokens, a.max_new_tokens);
-            set(&mut s.seed, a.seed);
-            set(&mut s.iteration, a.iteration);
-            if a.prompt_column.is_some() {
-                s.prompt_column = a.prompt_column.clone();
-            }
+            let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
             let outcome = generate::sample(&SampleJob {
                 model: &a.model,
                 prompts: &a.prompts,
                 out: &a.out,
                 settings: &s,
                 shard: a.shard,
-                force: a.common.force,
+                force: a.run.force,
             })?;
             report("generate sample", &a.out, outcome);
         }
         Command::Logprobs(a) => {
-            let s = settings(&a.common)?;
+            let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
             let outcome = generate::logprobs(&LogprobsJob {
                 model: &a.model,
                 samples: &a.samples,
                 role: &a.role,
                 out: &a.out,
                 settings: &s,
-                force: a.common.force,
+                force: a.run.force,
                 reuse: a.reuse.as_deref(),
             })?;
             report("generate logprobs", &a.out, outcome);
@@ -177,6 +135,7 @@ fn main() -> Result<()> {
             let outcome = generate::merge(&a.shards, &a.out)?;
             report("generate merge", &a.out, outcome);
         }
+        Command::PipelineVars { file } => print!("{}", make_variables(&file)?),
     }
     Ok(())
 }

@@ -198,17 +198,21 @@ pub fn write_rows<R: Rows>(path: &Path, meta: &FileMeta, rows: &[R]) -> Result<(
 /// Distinguishes temporaries of one process writing the same name from several threads.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Removes the temporary file unless the write completed.
-struct TempFile {
+/// Removes the temporary file or folder unless the write completed.
+struct TempPath {
     path: PathBuf,
     keep: bool,
 }
 
-impl Drop for TempFile {
+impl Drop for TempPath {
     fn drop(&mut self) {
         if !self.keep {
             // Best effort: the write already failed, and that error is the one to report.
-            let _ = fs::remove_file(&self.path);
+            let _ = if self.path.is_dir() {
+                fs::remove_dir_all(&self.path)
+            } else {
+                fs::remove_file(&self.path)
+            };
         }
     }
 }
@@ -228,6 +232,37 @@ fn temp_path(path: &Path) -> Result<PathBuf, DataError> {
     Ok(path.with_file_name(temp_name))
 }
 
+/// A temporary beside `path` (its parent folder created if missing), and that folder.
+fn temp_beside(path: &Path) -> Result<(TempPath, PathBuf), DataError> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, "cannot create folder", e))?;
+    let temp = TempPath {
+        path: temp_path(path)?,
+        keep: false,
+    };
+    Ok((temp, parent))
+}
+
+/// Renames the finished temporary to `path`.
+fn rename_into_place(temp: &mut TempPath, path: &Path) -> Result<(), DataError> {
+    fs::rename(&temp.path, path).map_err(|e| {
+        let action = format!("cannot rename {} into place", temp.path.display());
+        DataError::io(path, action, e)
+    })?;
+    temp.keep = true;
+    Ok(())
+}
+
+/// Persists a rename into `folder`; some filesystems cannot sync folders, which is not an error.
+fn sync_folder(folder: &Path) {
+    if let Ok(folder) = File::open(folder) {
+        let _ = folder.sync_all();
+    }
+}
+
 /// Writes a file atomically: creates the parent folders, lets `write` fill a temporary file in
 /// the same folder, fsyncs it and renames it to `path`. If `write` fails (or panics) or any step
 /// fails, the temporary is removed and nothing appears under `path`.
@@ -238,15 +273,7 @@ pub fn write_atomically<T, E>(
 where
     E: From<DataError>,
 {
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, "cannot create folder", e))?;
-    let mut temp = TempFile {
-        path: temp_path(path)?,
-        keep: false,
-    };
+    let (mut temp, parent) = temp_beside(path)?;
     let file = File::options()
         .write(true)
         .create_new(true)
@@ -262,17 +289,63 @@ where
     file.sync_all()
         .map_err(|e| DataError::io(&temp.path, "cannot sync", e))?;
     drop(file);
-    fs::rename(&temp.path, path).map_err(|e| {
-        DataError::io(
-            path,
-            format!("cannot rename {} into place", temp.path.display()),
-            e,
-        )
-    })?;
-    temp.keep = true;
-    // Persist the rename itself; some filesystems cannot sync folders, which is not an error.
-    if let Ok(folder) = File::open(&parent) {
-        let _ = folder.sync_all();
+    rename_into_place(&mut temp, path)?;
+    sync_folder(&parent);
+    Ok(value)
+}
+
+/// Fsyncs every file under `dir`, then `dir` itself.
+fn sync_tree(dir: &Path) -> Result<(), DataError> {
+    let entries = fs::read_dir(dir).map_err(|e| DataError::io(dir, "cannot list", e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| DataError::io(dir, "cannot list", e))?
+            .path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| DataError::io(&path, "cannot sync", e))?;
+        }
+    }
+    sync_folder(dir);
+    Ok(())
+}
+
+/// Writes a folder atomically, as [`write_atomically`] a file: `fill` writes the files of a
+/// temporary sibling folder, which is fsynced (every file, then the folder) and renamed to
+/// `path`. A folder already at `path` is replaced only once the new one is complete. If `fill`
+/// (or any step) fails, the temporary is removed and `path` is left as it was.
+pub fn write_dir_atomically<T, E>(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DataError>,
+{
+    let (mut temp, parent) = temp_beside(path)?;
+    fs::create_dir(&temp.path).map_err(|e| DataError::io(&temp.path, "cannot create", e))?;
+    let value = fill(&temp.path)?;
+    sync_tree(&temp.path)?;
+    // An old folder is moved aside rather than removed first, so that a failed rename can put
+    // it back.
+    let aside = temp_path(path)?;
+    let replacing = path.exists();
+    if replacing {
+        fs::rename(path, &aside)
+            .map_err(|e| DataError::io(path, "cannot move the old folder aside", e))?;
+    }
+    if let Err(e) = rename_into_place(&mut temp, path) {
+        if replacing {
+            let _ = fs::rename(&aside, path);
+        }
+        return Err(e.into());
+    }
+    sync_folder(&parent);
+    if replacing {
+        fs::remove_dir_all(&aside)
+            .map_err(|e| DataError::io(&aside, "cannot remove the old folder", e))?;
     }
     Ok(value)
 }
@@ -810,6 +883,33 @@ mod tests {
         assert!(result.is_err());
         assert_eq!(fs::read(&path).expect("read"), before);
         assert_eq!(leftovers(dir.path()), vec!["out.parquet".to_string()]);
+    }
+
+    #[test]
+    fn folders_appear_whole_or_not_at_all() {
+        let dir = TempDir::new();
+        let path = dir.path().join("state");
+        write_dir_atomically(&path, |d: &Path| -> Result<(), DataError> {
+            fs::write(d.join("a.json"), "one").map_err(|e| DataError::io(d, "write", e))
+        })
+        .expect("first write");
+        assert_eq!(fs::read_to_string(path.join("a.json")).unwrap(), "one");
+        // A rewrite replaces the folder whole.
+        write_dir_atomically(&path, |d: &Path| -> Result<(), DataError> {
+            fs::write(d.join("b.json"), "two").map_err(|e| DataError::io(d, "write", e))
+        })
+        .expect("rewrite");
+        assert!(!path.join("a.json").exists());
+        assert_eq!(fs::read_to_string(path.join("b.json")).unwrap(), "two");
+        // A failed rewrite keeps the old folder and leaves no temporary.
+        let result = write_dir_atomically(&path, |d: &Path| -> Result<(), DataError> {
+            fs::write(d.join("c.json"), "half").expect("write into the temporary");
+            Err(simulated_failure(&path))
+        });
+        assert!(result.is_err());
+        assert_eq!(fs::read_to_string(path.join("b.json")).unwrap(), "two");
+        assert!(!path.join("c.json").exists());
+        assert_eq!(leftovers(dir.path()), vec!["state".to_string()]);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! - [`Rows`] and the row types ([`SampleRow`], [`PromptRow`], [`TrainLogRow`], ...): one plain
 //!   struct per kind, converted to and from Arrow record batches.
 //! - [`FileMeta`]: the `rspo.*` Parquet key-value metadata every file carries.
-//! - [`read_rows`], [`read_prompts`], [`read_meta`], [`write_rows`], [`write_atomically`]:
-//!   checked reads, atomic and byte-reproducible writes.
+//! - [`read_rows`], [`read_prompts`], [`read_meta`], [`write_rows`], [`write_atomically`],
+//!   [`write_dir_atomically`]: checked reads, atomic and byte-reproducible writes.
 //! - [`stage_fingerprint`], [`canonical_json`], [`prompt_id_for`], [`row_seed`]: hashing.
 //! - [`model_digest`]: cached digests of model weights.
 //! - [`ChunkStore`]: resumable chunked output for long stages.
@@ -26,7 +26,7 @@ mod prompts;
 mod rows;
 pub mod schema;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod train_log;
 
 pub use chunks::{chunk_dir, ChunkStore, CHUNK_KEYS, CHUNK_STAGE};
@@ -35,7 +35,10 @@ pub use error::{ContentError, DataError};
 pub use fingerprint::{
     canonical_json, prompt_id_for, prompt_id_for_messages, row_seed, stage_fingerprint,
 };
-pub use io::{read_meta, read_prompts, read_rows, write_atomically, write_rows, EXTERNAL_STAGE};
+pub use io::{
+    read_meta, read_prompts, read_rows, write_atomically, write_dir_atomically, write_rows,
+    EXTERNAL_STAGE,
+};
 pub use metadata::{
     FileMeta, InputRef, ModelRef, KEY_CONFIG, KEY_FINGERPRINT, KEY_INPUTS, KEY_MODELS, KEY_PREFIX,
     KEY_SCHEMA, KEY_STAGE, KEY_VERSION,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, Float64Type, Schema, UInt64Type};
 use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
 
 use super::columns::{f64_array, u64_array, Columns};
 use super::error::ContentError;
@@ -15,8 +16,8 @@ use super::schema::{
     check_columns, describe_type, is_train_log_fixed_column, train_log_schema, FileKind,
 };
 
-/// One optimizer step.
-#[derive(Debug, Clone, PartialEq)]
+/// One optimizer step. Serde gives its JSON form in train-step's resume state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainLogRow {
     /// Optimizer step, counted from 1 within the iteration.
     pub step: u64,

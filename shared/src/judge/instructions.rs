@@ -1,13 +1,15 @@
 //! `--judge instructions`: verifiable instruction following. A prompt carries constraints (its
 //! `constraints` column, see [`super::constraints`] for the kinds); a response scores the
 //! fraction of them it satisfies, in [0, 1]. It is a scalar judge, lifted to pairs like a reward
-//! model; [`constraint_outcomes`] gives the pass/fail of each constraint behind a score
-//! (`score` writes them to constraints.parquet).
+//! model; it also gives the pass/fail of each constraint behind a score
+//! ([`ScalarJudge::constraint_outcomes`]; `score` writes them to constraints.parquet).
 
 use serde_json::{json, Value};
 
 use super::constraints::{parse_constraints, ParsedConstraint};
-use super::traits::{judge_digest, JudgeError, JudgeItem, ScalarJudge};
+use super::registry::{JudgeSpec, ScoreSettings};
+use super::rules::scalar_spec;
+use super::traits::{judge_digest, ConstraintOutcome, JudgeError, JudgeItem, ScalarJudge};
 use crate::data::Message;
 
 /// The version of the checks' definitions: bumped when a kind's meaning changes, so judgments
@@ -17,17 +19,6 @@ pub const CHECKS_VERSION: u32 = 1;
 const NAME: &str = "instructions";
 
 pub struct InstructionsJudge;
-
-/// One constraint of a prompt judged on one response.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConstraintOutcome {
-    /// The constraint's position in the prompt's list, from 0.
-    pub index: u32,
-    pub kind: String,
-    /// The constraint's JSON object, keys sorted.
-    pub json: String,
-    pub passed: bool,
-}
 
 /// The prompt's request: its last user turn (what `repeat_request` repeats by default).
 fn request(messages: &[Message]) -> &str {
@@ -52,7 +43,7 @@ fn constraints_of(item: &JudgeItem<'_>) -> Result<Vec<ParsedConstraint>, JudgeEr
 }
 
 /// Which of the item's constraints its response satisfies.
-pub fn constraint_outcomes(item: &JudgeItem<'_>) -> Result<Vec<ConstraintOutcome>, JudgeError> {
+fn constraint_outcomes(item: &JudgeItem<'_>) -> Result<Vec<ConstraintOutcome>, JudgeError> {
     let request = request(item.messages);
     Ok(constraints_of(item)?
         .into_iter()
@@ -96,6 +87,22 @@ impl ScalarJudge for InstructionsJudge {
             })
             .collect()
     }
+    fn constraint_outcomes(
+        &self,
+        item: &JudgeItem<'_>,
+    ) -> Result<Vec<ConstraintOutcome>, JudgeError> {
+        constraint_outcomes(item)
+    }
+}
+
+/// `instructions`' registry builder: no settings of its own; `score` also writes each
+/// constraint's pass/fail.
+pub(super) fn build(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
+    let content = json!({"judge": NAME, "checks": CHECKS_VERSION, "temperature": s.temperature});
+    Ok(JudgeSpec {
+        constraint_outcomes: true,
+        ..scalar_spec(InstructionsJudge, content, s.temperature)
+    })
 }
 
 #[cfg(test)]

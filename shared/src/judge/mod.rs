@@ -8,30 +8,38 @@
 //! `data`'s job.
 //!
 //! The judges themselves: [`ScalarJudge`] (a [`RewardModelJudge`], the `rule:*` judges in
-//! [`rules`], the [`InstructionsJudge`] of verifiable [`constraints`]) and [`PairwiseJudge`], held by stages as a [`Judge`]; [`JudgmentCache`] keeps their
-//! verdicts across runs.
+//! [`rules`], the [`InstructionsJudge`] of verifiable [`constraints`]) and [`PairwiseJudge`] (a
+//! [`PairRmJudge`]), held by stages as a [`Judge`]. The
+//! [`registry`] names every judge `--judge` accepts and builds it from the settings; a
+//! [`CachedJudge`] keeps their verdicts across runs in a [`JudgmentCache`].
 
 pub mod cache;
+mod cached_judge;
 mod constraint_text;
 pub mod constraints;
 mod instructions;
 mod intransitivity;
+mod judge_model;
 mod pairrm;
 mod pairrm_deberta;
 mod pairrm_inputs;
 mod pairrm_judge;
 mod position_disagreement;
 mod preference_matrix;
+pub mod registry;
 mod reward_model;
 pub mod rules;
+mod sample_winrates;
 mod scalar_scores;
 mod scripts;
+mod settings;
 mod traits;
-mod winrate;
 
 pub use cache::JudgmentCache;
-pub use instructions::{constraint_outcomes, ConstraintOutcome, InstructionsJudge, CHECKS_VERSION};
+pub use cached_judge::{CachedJudge, ChunkVerdicts, Verdicts};
+pub use instructions::{InstructionsJudge, CHECKS_VERSION};
 pub use intransitivity::{find_three_cycle, has_three_cycle, intransitive_share};
+pub use judge_model::judge_model_name;
 pub use pairrm::{
     random_pairrm_weights, LogitMatrix, PairRm, PairRmConfig, PairRmError, PairRmMode,
     PairRmOptions, PairRmVerdict,
@@ -43,10 +51,12 @@ pub use position_disagreement::{
     position_disagreement, PositionDisagreement, PositionDisagreementError, TwoOrderVerdict,
 };
 pub use preference_matrix::{PairPreference, PreferenceError, PreferenceMatrix};
+pub use registry::{find_judge, judge_names, judges_help, Comparison, JudgeEntry, JudgeSpec};
 pub use reward_model::{reward_scores, RewardModelJudge};
+pub use sample_winrates::{winrates, Convention, SampleWinrate};
 pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
 pub use scripts::Script;
+pub use settings::JudgeSettings;
 pub use traits::{
-    judge_digest, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,
+    judge_digest, pairs_of, ConstraintOutcome, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,
 };
-pub use winrate::{winrates, Convention, SampleWinrate};

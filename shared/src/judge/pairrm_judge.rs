@@ -3,8 +3,12 @@
 
 use serde_json::{json, Value};
 
-use super::pairrm::{LogitMatrix, PairRm, PairRmMode};
-use super::traits::{JudgeError, JudgeItem, PairVerdict, PairwiseJudge};
+use super::judge_model::JudgeModel;
+use super::pairrm::{LogitMatrix, PairRm, PairRmMode, PairRmOptions};
+use super::pairrm_inputs::PairRmLengths;
+use super::registry::JudgeSpec;
+use super::registry::ScoreSettings;
+use super::traits::{Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge};
 
 pub struct PairRmJudge {
     model: PairRm,
@@ -100,4 +104,46 @@ impl PairwiseJudge for PairRmJudge {
             .map_err(|e| self.error(first, e))?;
         Ok(verdicts(&m, self.mode))
     }
+}
+
+/// `pairrm`'s registry builder: the model is found and fingerprinted now, its weights loaded
+/// only if there is work to do.
+pub(super) fn build(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
+    use anyhow::Context;
+    let mode: PairRmMode = s
+        .judging
+        .pairrm_mode
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--pairrm-mode {e}"))?;
+    let model = JudgeModel::resolve(s)?;
+    let lengths = PairRmLengths {
+        source_max_length: s.judging.source_max_length,
+        candidate_max_length: s.judging.candidate_max_length,
+    };
+    let batch_size = s.batch_size;
+    Ok(JudgeSpec {
+        content: json!({
+            "judge": "pairrm",
+            "mode": mode.to_string(),
+            "source_max_length": s.judging.source_max_length,
+            "candidate_max_length": s.judging.candidate_max_length,
+            "dtype": model.dtype_name(),
+        }),
+        models: vec![("judge", model.reference.clone())],
+        constraint_outcomes: false,
+        load: Box::new(move || {
+            let options = PairRmOptions {
+                lengths,
+                dtype: model.dtype,
+                batch_size: batch_size.max(1),
+            };
+            let pairrm = PairRm::load_with(&model.dir, &model.device, &options)
+                .with_context(|| format!("--judge-model {}", model.spec))?;
+            let name = format!("pairrm:{}", model.name());
+            let digest = model.reference.digest.clone();
+            Ok(Judge::Pairwise(Box::new(PairRmJudge::new(
+                pairrm, mode, name, digest,
+            ))))
+        }),
+    })
 }

@@ -6,9 +6,12 @@ use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use std::path::Path;
 
-use super::traits::{judge_digest, JudgeError, JudgeItem, ScalarJudge};
+use super::judge_model::JudgeModel;
+use super::registry::JudgeSpec;
+use super::registry::ScoreSettings;
+use super::traits::{judge_digest, Judge, JudgeError, JudgeItem, ScalarJudge};
 use crate::data::Message;
-use crate::model::{sequence_scores, Checkpoint, Head, ModelError, Transformer};
+use crate::model::{dtype_name, sequence_scores, Checkpoint, Head, ModelError, Transformer};
 
 /// Reward-model scores of complete token sequences (BOS and template tokens included), one
 /// forward pass per sequence.
@@ -42,10 +45,6 @@ pub struct RewardModelJudge {
     model_digest: String,
     dtype: DType,
     device: &'static str,
-}
-
-fn dtype_name(dtype: DType) -> String {
-    format!("{dtype:?}").to_lowercase()
 }
 
 impl RewardModelJudge {
@@ -178,6 +177,37 @@ impl ScalarJudge for RewardModelJudge {
             .collect::<Result<Vec<_>, _>>()?;
         self.score_token_ids(&seqs)
     }
+}
+
+/// `reward-model`'s registry builder: the model is found and fingerprinted now, its weights
+/// loaded only if there is work to do.
+pub(super) fn build(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
+    use anyhow::Context;
+    let model = JudgeModel::resolve(s)?;
+    let temperature = s.temperature;
+    Ok(JudgeSpec {
+        content: json!({
+            "judge": "reward-model",
+            "dtype": model.dtype_name(),
+            "temperature": temperature,
+        }),
+        models: vec![("judge", model.reference.clone())],
+        constraint_outcomes: false,
+        load: Box::new(move || {
+            let judge = RewardModelJudge::load(
+                &model.dir,
+                model.name(),
+                model.reference.digest.clone(),
+                model.dtype,
+                &model.device,
+            )
+            .with_context(|| format!("--judge-model {}", model.spec))?;
+            Ok(Judge::Scalar {
+                judge: Box::new(judge),
+                temperature,
+            })
+        }),
+    })
 }
 
 #[cfg(test)]

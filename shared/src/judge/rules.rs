@@ -4,7 +4,9 @@
 use regex::Regex;
 use serde_json::{json, Value};
 
-use super::traits::{judge_digest, JudgeError, JudgeItem, ScalarJudge};
+use super::registry::JudgeSpec;
+use super::registry::ScoreSettings;
+use super::traits::{judge_digest, Judge, JudgeError, JudgeItem, ScalarJudge};
 
 /// `rule:length --target N`: closer to N characters is better; score = -|chars - N|.
 pub struct LengthRule {
@@ -107,6 +109,46 @@ impl ScalarJudge for ExactMatchRule {
             })
             .collect()
     }
+}
+
+/// A scalar judge (a rule, `instructions`) as the settings give it, lifted to pairs with their
+/// temperature; `content` its settings for fingerprints.
+pub(super) fn scalar_spec(rule: impl ScalarJudge + 'static, content: Value, temperature: f64) -> JudgeSpec {
+    JudgeSpec {
+        content,
+        models: vec![],
+        constraint_outcomes: false,
+        load: Box::new(move || {
+            Ok(Judge::Scalar {
+                judge: Box::new(rule),
+                temperature,
+            })
+        }),
+    }
+}
+
+/// `rule:length`'s registry builder.
+pub(super) fn build_length_rule(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
+    let target = s.judging.target.unwrap_or_default();
+    let content = json!({"judge": "rule:length", "target": target, "temperature": s.temperature});
+    Ok(scalar_spec(LengthRule { target }, content, s.temperature))
+}
+
+/// `rule:contains`'s registry builder. The pattern compiles now: a bad one fails before
+/// anything is read.
+pub(super) fn build_contains_rule(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
+    let pattern = s.judging.pattern.clone().unwrap_or_default();
+    let rule = ContainsRule::new(&pattern)?;
+    let content =
+        json!({"judge": "rule:contains", "pattern": pattern, "temperature": s.temperature});
+    Ok(scalar_spec(rule, content, s.temperature))
+}
+
+/// `rule:exact-match`'s registry builder. Its references come with the prompts (`score
+/// --prompts`, evaluate's prompt file).
+pub(super) fn build_exact_match_rule(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
+    let content = json!({"judge": "rule:exact-match", "trim": true, "temperature": s.temperature});
+    Ok(scalar_spec(ExactMatchRule, content, s.temperature))
 }
 
 #[cfg(test)]

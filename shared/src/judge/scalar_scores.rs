@@ -49,7 +49,7 @@ pub fn matrix_from_scores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::winrate::{winrates, Convention};
+    use crate::judge::sample_winrates::{winrates, Convention};
 
     #[test]
     fn sigmoid_known_values_and_extremes() {

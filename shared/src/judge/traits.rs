@@ -56,6 +56,10 @@ pub enum JudgeError {
     },
     #[error("judgment cache {path}: {message}")]
     Cache { path: String, message: String },
+    /// An answer a stage cannot use: a wrong count, a score that is not finite, a probability
+    /// outside [0, 1].
+    #[error("{judge} {message}")]
+    BadVerdict { judge: String, message: String },
 }
 
 /// A judge that gives each response a score on its own; higher is better.
@@ -78,6 +82,26 @@ pub trait ScalarJudge: Send + Sync {
     }
     /// One score per item, in order; finite.
     fn score(&self, items: &[JudgeItem<'_>]) -> Result<Vec<f64>, JudgeError>;
+    /// For a judge whose score counts the prompt's constraints met: whether the item's response
+    /// meets each one (a judge whose spec says so has `score` write them to
+    /// constraints.parquet). Others have none.
+    fn constraint_outcomes(
+        &self,
+        _item: &JudgeItem<'_>,
+    ) -> Result<Vec<ConstraintOutcome>, JudgeError> {
+        Ok(Vec::new())
+    }
+}
+
+/// One constraint of a prompt judged on one response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConstraintOutcome {
+    /// The constraint's position in the prompt's list, from 0.
+    pub index: u32,
+    pub kind: String,
+    /// The constraint's JSON object, keys sorted.
+    pub json: String,
+    pub passed: bool,
 }
 
 /// A judge's verdict on a pair (a, b): `p` = P(a beats b), and where the judge saw both orders,
@@ -133,14 +157,19 @@ pub trait PairwiseJudge: Send + Sync {
     /// Every pair i < j of one prompt's responses, in the order (0,1), (0,2), .., (1,2), ..
     /// Judges that see the whole group at once (PairRM's aggregated mode) override this.
     fn compare_group(&self, items: &[JudgeItem<'_>]) -> Result<Vec<PairVerdict>, JudgeError> {
-        let mut out = Vec::with_capacity(items.len() * items.len().saturating_sub(1) / 2);
-        for i in 0..items.len() {
-            for j in i + 1..items.len() {
-                out.push(self.compare(&items[i], &items[j])?);
-            }
-        }
-        Ok(out)
+        pairs_of(items.len())
+            .into_iter()
+            .map(|(i, j)| self.compare(&items[i], &items[j]))
+            .collect()
     }
+}
+
+/// Every pair i < j of K samples in the order (0,1), (0,2), .., (1,2), ..: the order of
+/// [`PairwiseJudge::compare_group`]'s verdicts and of a prompt's rows in preferences.parquet.
+pub fn pairs_of(k: usize) -> Vec<(usize, usize)> {
+    (0..k)
+        .flat_map(|i| (i + 1..k).map(move |j| (i, j)))
+        .collect()
 }
 
 /// Either kind of judge, as stages hold it.
@@ -183,6 +212,17 @@ impl Judge {
         }
     }
 
+    /// See [`ScalarJudge::constraint_outcomes`]; pairwise judges have none.
+    pub fn constraint_outcomes(
+        &self,
+        item: &JudgeItem<'_>,
+    ) -> Result<Vec<ConstraintOutcome>, JudgeError> {
+        match self {
+            Judge::Scalar { judge, .. } => judge.constraint_outcomes(item),
+            Judge::Pairwise(_) => Ok(Vec::new()),
+        }
+    }
+
     /// P(a beats b): a scalar judge scores both and lifts; a pairwise judge compares.
     /// (Evaluation's "model response vs baseline".)
     pub fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError> {
@@ -208,4 +248,31 @@ pub fn judge_digest(kind: &str, model_digest: Option<&str>, settings: &Value) ->
         h.update(part.as_bytes());
     }
     h.finalize().to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::rules::LengthRule;
+
+    #[test]
+    fn a_judge_compares_two_responses_for_evaluation() {
+        let judge = Judge::Scalar {
+            judge: Box::new(LengthRule { target: 3 }),
+            temperature: 2.0,
+        };
+        let m = [Message::user("q")];
+        let item = |response| JudgeItem {
+            prompt_id: "q",
+            sample_idx: 0,
+            messages: &m,
+            response,
+            reference: None,
+            constraints: None,
+        };
+        // Scores 0 and -2: sigmoid(2 / 2).
+        let v = judge.compare(&item("abc"), &item("a")).unwrap();
+        assert!((v.p - crate::judge::sigmoid(1.0)).abs() < 1e-15);
+        assert_eq!((v.p_forward, v.p_swapped), (None, None));
+    }
 }

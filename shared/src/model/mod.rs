@@ -3,10 +3,13 @@
 //! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template).
 //! - [`Transformer`]: the Llama-family decoder with a causal-LM or reward head.
 //! - [`teacher_forced_logprobs`]: per-token log-probs of responses, chunked over the vocabulary.
+//! - [`resolve_model`], [`model_ref`], [`parse_device`], [`dtype_for`]: a model as the command
+//!   line names it, its identity for fingerprints, and where and in what precision it runs.
 
 mod chat_template;
 mod checkpoint;
 mod config;
+mod device;
 mod error;
 mod fused;
 mod generation;
@@ -14,6 +17,7 @@ mod kv_cache;
 mod logprobs;
 pub mod ops;
 mod random_init;
+mod resolve;
 pub mod sampling;
 mod transformer;
 mod weights;
@@ -21,6 +25,7 @@ mod weights;
 pub use chat_template::ChatTemplate;
 pub use checkpoint::Checkpoint;
 pub use config::{Arch, Head, ModelConfig, RopeScaling};
+pub use device::{dtype_for, dtype_name, parse_device};
 pub use error::{ModelError, Result};
 pub use generation::{generate, Finish, GenerationOutput, GenerationRequest};
 pub use kv_cache::KvCache;
@@ -29,6 +34,7 @@ pub use logprobs::{
     ResponseLogprobs,
 };
 pub use random_init::random_weights;
+pub use resolve::{model_ref, resolve_model};
 pub use sampling::{sampling_distribution, RowRng, SamplingParams};
 pub use transformer::{Linear, LoraAdapter, Transformer};
 pub use weights::{save_safetensors, weight_files, Weights};

@@ -10,48 +10,55 @@ use std::path::{Path, PathBuf};
 
 use super::context::{Outcome, StageOutput};
 use super::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
-use super::score::{judge_spec, ScoreSettings};
+use super::score::ScoreSettings;
 use super::settings::Settings;
 use crate::data::{
-    read_meta, read_prompts, read_rows, write_atomically, write_rows, EvalRow, FileKind,
-    FinishReason, LogprobRow, PromptOptions, SampleRow,
+    read_meta, read_prompts, read_rows, write_atomically, write_rows, EvalRow, FileKind, FileMeta,
+    FinishReason, LogprobRow, PromptOptions, PromptRow, SampleRow,
 };
 use crate::eval::{char_length, diversity, lc_winrate};
-use crate::judge::JudgeItem;
+use crate::judge::{find_judge, Judge, JudgeItem, JudgeSpec};
 
-/// The `[evaluate]` section of a pipeline config; flags override it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[evaluate]` section of a pipeline file; flags override it. The judge's settings come
+/// from `[score]`.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct EvaluateSettings {
-    /// Samples per prompt: each is judged against the baseline, and all K measure diversity.
+    /// Samples per prompt: each is judged against the baseline's sample of the same index, and
+    /// all K measure diversity (self-BLEU needs K >= 2).
+    #[arg(long, default_value_t = 4)]
     pub k: u32,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
+    /// Response length limit in tokens.
+    #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// The sampling seed.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Rows decoded together; never changes the output.
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// cpu, cuda or cuda:N, for the models and the judge.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// f32 or bf16 [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long)]
     pub dtype: Option<String>,
     /// `reference` (the prompts' reference answers) or a model directory / Hub id.
+    #[arg(long, default_value = "reference")]
     pub baseline: String,
-    /// pi_ref for the log-ratio (KL) estimate; default: the first of --models.
+    /// pi_ref for the log-ratio (KL) estimate [default: the first of --models].
+    #[arg(long, value_name = "DIR_OR_HUB_ID")]
     pub reference_model: Option<String>,
 }
 
 impl Default for EvaluateSettings {
     fn default() -> Self {
-        EvaluateSettings {
-            k: 4,
-            temperature: 0.7,
-            top_p: 0.9,
-            max_new_tokens: 256,
-            seed: 0,
-            batch_size: 8,
-            device: "cpu".into(),
-            dtype: None,
-            baseline: "reference".into(),
-            reference_model: None,
-        }
+        Self::defaults()
     }
 }
 
@@ -95,7 +102,7 @@ pub struct ModelSummary {
 }
 
 /// A short name for a model path: `iter-2` for `.../iter-2/model`, else the last component.
-fn model_name(spec: &str) -> String {
+fn short_model_name(spec: &str) -> String {
     let p = Path::new(spec.trim_end_matches('/'));
     let last = p
         .file_name()
@@ -105,6 +112,19 @@ fn model_name(spec: &str) -> String {
         Some(parent) if last == "model" => parent.to_string_lossy().into_owned(),
         _ => last,
     }
+}
+
+/// The models' short names, made unique in order.
+fn unique_names(models: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for m in models {
+        let mut name = short_model_name(m);
+        if names.contains(&name) {
+            name = format!("{name}-{}", names.len());
+        }
+        names.push(name);
+    }
+    names
 }
 
 fn sample_settings(s: &EvaluateSettings) -> GenerateSettings {
@@ -136,219 +156,303 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         "{}: the prompt file has no rows",
         job.prompts.display()
     );
+    // The judge's settings are checked (and its models found) before any response is generated.
+    let judge_spec = find_judge(&job.judge.judging.judge)
+        .and_then(|entry| entry.spec(job.judge))
+        .context("the evaluation judge")?;
     let gen = sample_settings(s);
 
-    // Names, unique in order.
-    let mut names: Vec<String> = Vec::new();
-    for m in job.models {
-        let mut name = model_name(m);
-        if names.contains(&name) {
-            name = format!("{name}-{}", names.len());
-        }
-        names.push(name);
-    }
-
-    // Responses of every model (cached by the generate stage's own fingerprints).
-    let responses = |spec: &str, file: &str| -> Result<PathBuf> {
-        let out = job.out.join(file);
-        generate::sample(&SampleJob {
-            model: spec,
-            prompts: job.prompts,
-            out: &out,
-            settings: &gen,
-            shard: None,
-            force: job.force,
-        })
-        .with_context(|| format!("responses of {spec}"))?;
-        Ok(out)
-    };
+    let names = unique_names(job.models);
     let mut files = Vec::new();
     for (m, name) in job.models.iter().zip(&names) {
         eprintln!("evaluate: responses of {name}");
-        files.push(responses(m, &format!("responses-{name}.parquet"))?);
+        files.push(responses(
+            job,
+            &gen,
+            m,
+            &format!("responses-{name}.parquet"),
+        )?);
     }
+    let baseline = Baseline::new(job, &gen, &prompts, &files)?;
+    let output = eval_output(job, &prompts_meta, &files, &names, &judge_spec)?;
+    let judge = (judge_spec.load)()?;
     let reference = s
         .reference_model
         .clone()
         .unwrap_or_else(|| job.models[0].clone());
 
-    // The baseline: reference answers (one per prompt, faced by every sample), or another
-    // model's samples (sample k of a model faces sample k of the baseline).
-    let references: HashMap<&str, Option<&str>> = prompts
-        .iter()
-        .map(|p| (p.prompt_id.as_str(), p.reference.as_deref()))
-        .collect();
-    let constraints: HashMap<&str, Option<&str>> = prompts
-        .iter()
-        .map(|p| (p.prompt_id.as_str(), p.constraints.as_deref()))
-        .collect();
-    let baseline_texts: HashMap<(String, u32), String> = if s.baseline == "reference" {
-        let mut out = HashMap::new();
-        for p in &prompts {
-            let Some(r) = &p.reference else {
-                bail!(
-                    "{}: prompt {:?} has no `reference` answer, which --baseline reference needs (or give a model as --baseline)",
-                    job.prompts.display(),
-                    p.prompt_id
-                );
-            };
-            for k in 0..s.k as u32 {
-                out.insert((p.prompt_id.clone(), k), r.clone());
-            }
-        }
-        out
-    } else {
-        let pos = job.models.iter().position(|m| *m == s.baseline);
-        let file = match pos {
-            Some(i) => files[i].clone(),
-            None => responses(&s.baseline, "responses-baseline.parquet")?,
-        };
-        let (_, rows) = read_rows::<SampleRow>(&file)?;
-        rows.into_iter()
-            .map(|r| ((r.prompt_id, r.sample_idx), r.response))
-            .collect()
-    };
-
-    // The judge, and the fingerprint of eval.parquet.
-    let judged = judge_spec(job.judge).context("the evaluation judge")?;
-    let mut inputs_meta = vec![(job.prompts.to_path_buf(), prompts_meta.clone())];
-    for f in &files {
-        inputs_meta.push((f.clone(), read_meta(f)?));
-    }
-    let input_refs: Vec<(&Path, &crate::data::FileMeta)> =
-        inputs_meta.iter().map(|(p, m)| (p.as_path(), m)).collect();
-    let eval_path = job.out.join("eval.parquet");
-    let output = StageOutput::new(
-        &eval_path,
-        FileKind::Eval,
-        "evaluate",
-        &json!({"baseline": s.baseline, "judge": judged.content, "models": names}),
-        &input_refs,
-        &judged.models,
-    )?;
-
     let mut summaries = Vec::new();
     let mut eval_rows = Vec::new();
-    let judge = (judged.load)()?;
     for ((spec, name), file) in job.models.iter().zip(&names).zip(&files) {
         let (_, rows) = read_rows::<SampleRow>(file)?;
-        // Log-ratio to pi_ref over all K samples.
-        let lp = |model: &str, role: &str| -> Result<Vec<LogprobRow>> {
-            let out = job.out.join(format!("logprobs-{name}-{role}.parquet"));
-            generate::logprobs(&LogprobsJob {
-                model,
-                samples: file,
-                role,
-                out: &out,
-                settings: &gen,
-                force: job.force,
-                reuse: None,
-            })?;
-            Ok(read_rows::<LogprobRow>(&out)?.1)
-        };
-        let mean_logratio_ref = if *spec == reference {
-            0.0
-        } else {
-            let own = lp(spec, "policy")?;
-            let base = lp(&reference, "reference")?;
-            own.iter()
-                .zip(&base)
-                .map(|(a, b)| a.logprob - b.logprob)
-                .sum::<f64>()
-                / own.len() as f64
-        };
-
+        let logratio = mean_logratio_ref(job, &gen, [spec, &reference], name, file)?;
         eprintln!("evaluate: judging {name} against the baseline");
-        let mut p_win = Vec::new();
-        let mut len_model = Vec::new();
-        let mut len_base = Vec::new();
-        let mut groups: Vec<Vec<&str>> = Vec::new();
-        for r in &rows {
-            if r.sample_idx == 0 {
-                groups.push(Vec::new());
+        let judged = judge_against_baseline(&judge, &baseline, name, &rows)?;
+        summaries.push(summarize(name, spec, &rows, &judged, logratio)?);
+        eval_rows.extend(judged);
+    }
+    write_rows(&output.path, &output.meta, &eval_rows)?;
+    write_reports(job, &summaries, &judge.name(), started)?;
+    Ok(Outcome::Written {
+        rows: eval_rows.len(),
+    })
+}
+
+/// A model's responses to the evaluation prompts, as `out_name` in --out (cached by the
+/// generate stage's own fingerprints).
+fn responses(
+    job: &EvaluateJob,
+    gen: &GenerateSettings,
+    model: &str,
+    out_name: &str,
+) -> Result<PathBuf> {
+    let out = job.out.join(out_name);
+    generate::sample(&SampleJob {
+        model,
+        prompts: job.prompts,
+        out: &out,
+        settings: gen,
+        shard: None,
+        force: job.force,
+    })
+    .with_context(|| format!("responses of {model}"))?;
+    Ok(out)
+}
+
+/// What each response faces: reference answers (one per prompt, faced by every sample), or
+/// another model's samples (sample k of a model faces sample k of the baseline).
+struct Baseline<'a> {
+    /// By (prompt_id, sample_idx).
+    texts: HashMap<(String, u32), String>,
+    /// The prompts, by prompt_id: their reference answers and constraints, for judges that
+    /// use them.
+    prompts: HashMap<&'a str, &'a PromptRow>,
+}
+
+impl<'a> Baseline<'a> {
+    fn new(
+        job: &EvaluateJob,
+        gen: &GenerateSettings,
+        prompts: &'a [PromptRow],
+        files: &[PathBuf],
+    ) -> Result<Self> {
+        let s = job.settings;
+        let by_id = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
+        let texts = if s.baseline == "reference" {
+            let mut out = HashMap::new();
+            for p in prompts {
+                let Some(r) = &p.reference else {
+                    bail!(
+                        "{}: prompt {:?} has no `reference` answer, which --baseline reference needs (or give a model as --baseline)",
+                        job.prompts.display(),
+                        p.prompt_id
+                    );
+                };
+                for k in 0..s.k {
+                    out.insert((p.prompt_id.clone(), k), r.clone());
+                }
             }
-            if let Some(g) = groups.last_mut() {
-                g.push(&r.response);
-            }
-            let baseline = baseline_texts
-                .get(&(r.prompt_id.clone(), r.sample_idx))
-                .with_context(|| {
-                    format!(
-                        "the baseline has no sample {} for prompt {:?}",
-                        r.sample_idx, r.prompt_id
-                    )
-                })?;
-            let reference = references.get(r.prompt_id.as_str()).copied().flatten();
-            // Both sides carry the sample's index: a judge error names the sample it met.
-            let a = JudgeItem {
-                prompt_id: &r.prompt_id,
-                sample_idx: r.sample_idx,
-                messages: &r.messages,
-                response: &r.response,
-                reference,
-                constraints: constraints.get(r.prompt_id.as_str()).copied().flatten(),
+            out
+        } else {
+            let file = match job.models.iter().position(|m| *m == s.baseline) {
+                Some(i) => files[i].clone(),
+                None => responses(job, gen, &s.baseline, "responses-baseline.parquet")?,
             };
-            let b = JudgeItem {
-                response: baseline,
-                ..a
-            };
-            let verdict = judge.compare(&a, &b)?;
-            p_win.push(verdict.p);
-            len_model.push(char_length(&r.response) as f64);
-            len_base.push(char_length(baseline) as f64);
-            eval_rows.push(EvalRow {
-                model: name.clone(),
-                prompt_id: r.prompt_id.clone(),
-                sample_idx: r.sample_idx,
-                response: r.response.clone(),
-                baseline: baseline.clone(),
-                p_win: verdict.p,
-                len_response: char_length(&r.response) as u32,
-                len_baseline: char_length(baseline) as u32,
-            });
-        }
-        let lc = lc_winrate(&len_model, &len_base, &p_win)
-            .map(|r| (r.raw_winrate_pct, r.lc_winrate_pct))
-            .unwrap_or_else(|_| {
-                // All lengths equal or separated: the raw win rate is the honest answer.
-                let raw = 100.0 * p_win.iter().sum::<f64>() / p_win.len() as f64;
-                (raw, raw)
-            });
-        let div = diversity(&groups)?;
-        let eos = rows
-            .iter()
-            .filter(|r| r.finish_reason == FinishReason::Eos)
-            .count();
-        summaries.push(ModelSummary {
-            name: name.clone(),
-            path: spec.clone(),
-            prompts: groups.len(),
-            judged: p_win.len(),
-            win_rate: lc.0,
-            lc_win_rate: lc.1,
-            mean_length: rows
-                .iter()
-                .map(|r| char_length(&r.response) as f64)
-                .sum::<f64>()
-                / rows.len() as f64,
-            eos_rate: eos as f64 / rows.len() as f64,
-            self_bleu3: div.self_bleu3,
-            distinct_1: div.distinct_1,
-            distinct_2: div.distinct_2,
-            mean_logratio_ref,
+            let (_, rows) = read_rows::<SampleRow>(&file)?;
+            rows.into_iter()
+                .map(|r| ((r.prompt_id, r.sample_idx), r.response))
+                .collect()
+        };
+        Ok(Baseline {
+            texts,
+            prompts: by_id,
+        })
+    }
+}
+
+/// eval.parquet, fingerprinted by the prompts, every model's responses and the judge.
+fn eval_output(
+    job: &EvaluateJob,
+    prompts_meta: &FileMeta,
+    files: &[PathBuf],
+    names: &[String],
+    judge: &JudgeSpec,
+) -> Result<StageOutput> {
+    let mut inputs_meta = vec![(job.prompts.to_path_buf(), prompts_meta.clone())];
+    for f in files {
+        inputs_meta.push((f.clone(), read_meta(f)?));
+    }
+    let input_refs: Vec<(&Path, &FileMeta)> =
+        inputs_meta.iter().map(|(p, m)| (p.as_path(), m)).collect();
+    StageOutput::new(
+        &job.out.join("eval.parquet"),
+        FileKind::Eval,
+        "evaluate",
+        &json!({"baseline": job.settings.baseline, "judge": judge.content, "models": names}),
+        &input_refs,
+        &judge.models,
+    )
+}
+
+/// Mean over a model's samples (`file`) of log pi(y) - log pi_ref(y): a KL(pi || pi_ref)
+/// estimate, 0 for the reference model itself. `models` is [the model, the reference].
+fn mean_logratio_ref(
+    job: &EvaluateJob,
+    gen: &GenerateSettings,
+    models: [&String; 2],
+    name: &str,
+    file: &Path,
+) -> Result<f64> {
+    let [model, reference] = models;
+    if model == reference {
+        return Ok(0.0);
+    }
+    let logprobs = |model: &str, role: &str| -> Result<Vec<LogprobRow>> {
+        let out = job.out.join(format!("logprobs-{name}-{role}.parquet"));
+        generate::logprobs(&LogprobsJob {
+            model,
+            samples: file,
+            role,
+            out: &out,
+            settings: gen,
+            force: job.force,
+            reuse: None,
+        })?;
+        Ok(read_rows::<LogprobRow>(&out)?.1)
+    };
+    let own = logprobs(model, "policy")?;
+    let base = logprobs(reference, "reference")?;
+    Ok(own
+        .iter()
+        .zip(&base)
+        .map(|(a, b)| a.logprob - b.logprob)
+        .sum::<f64>()
+        / own.len() as f64)
+}
+
+/// Every response of a model against the baseline's response of the same prompt and index.
+fn judge_against_baseline(
+    judge: &Judge,
+    baseline: &Baseline,
+    name: &str,
+    rows: &[SampleRow],
+) -> Result<Vec<EvalRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let against = baseline
+            .texts
+            .get(&(r.prompt_id.clone(), r.sample_idx))
+            .with_context(|| {
+                format!(
+                    "the baseline has no sample {} for prompt {:?}",
+                    r.sample_idx, r.prompt_id
+                )
+            })?;
+        let prompt = baseline.prompts.get(r.prompt_id.as_str());
+        // Both sides carry the sample's index: a judge error names the sample it met.
+        let a = JudgeItem {
+            prompt_id: &r.prompt_id,
+            sample_idx: r.sample_idx,
+            messages: &r.messages,
+            response: &r.response,
+            reference: prompt.and_then(|p| p.reference.as_deref()),
+            constraints: prompt.and_then(|p| p.constraints.as_deref()),
+        };
+        let b = JudgeItem {
+            response: against,
+            ..a
+        };
+        let verdict = judge.compare(&a, &b)?;
+        out.push(EvalRow {
+            model: name.to_string(),
+            prompt_id: r.prompt_id.clone(),
+            sample_idx: r.sample_idx,
+            response: r.response.clone(),
+            baseline: against.clone(),
+            p_win: verdict.p,
+            len_response: char_length(&r.response) as u32,
+            len_baseline: char_length(against) as u32,
         });
     }
+    Ok(out)
+}
 
-    write_rows(&eval_path, &output.meta, &eval_rows)?;
+/// A model's aggregates from its samples and their verdicts against the baseline.
+fn summarize(
+    name: &str,
+    path: &str,
+    rows: &[SampleRow],
+    judged: &[EvalRow],
+    mean_logratio_ref: f64,
+) -> Result<ModelSummary> {
+    let p_win: Vec<f64> = judged.iter().map(|r| r.p_win).collect();
+    let len_model: Vec<f64> = judged
+        .iter()
+        .map(|r| char_length(&r.response) as f64)
+        .collect();
+    let len_base: Vec<f64> = judged
+        .iter()
+        .map(|r| char_length(&r.baseline) as f64)
+        .collect();
+    let (win_rate, lc_win_rate) = lc_winrate(&len_model, &len_base, &p_win)
+        .map(|r| (r.raw_winrate_pct, r.lc_winrate_pct))
+        .unwrap_or_else(|_| {
+            // All lengths equal or separated: the raw win rate is the honest answer.
+            let raw = 100.0 * p_win.iter().sum::<f64>() / p_win.len() as f64;
+            (raw, raw)
+        });
+    // A prompt's samples, in file order: each starts at sample_idx 0.
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    for r in rows {
+        if r.sample_idx == 0 {
+            groups.push(Vec::new());
+        }
+        if let Some(g) = groups.last_mut() {
+            g.push(&r.response);
+        }
+    }
+    let div = diversity(&groups)?;
+    let eos = rows
+        .iter()
+        .filter(|r| r.finish_reason == FinishReason::Eos)
+        .count();
+    Ok(ModelSummary {
+        name: name.to_string(),
+        path: path.to_string(),
+        prompts: groups.len(),
+        judged: p_win.len(),
+        win_rate,
+        lc_win_rate,
+        mean_length: rows
+            .iter()
+            .map(|r| char_length(&r.response) as f64)
+            .sum::<f64>()
+            / rows.len() as f64,
+        eos_rate: eos as f64 / rows.len() as f64,
+        self_bleu3: div.self_bleu3,
+        distinct_1: div.distinct_1,
+        distinct_2: div.distinct_2,
+        mean_logratio_ref,
+    })
+}
+
+/// summary.json, chart.svg and report.md (with the stage timings, evaluate's since `started`).
+fn write_reports(
+    job: &EvaluateJob,
+    summaries: &[ModelSummary],
+    judge: &str,
+    started: std::time::Instant,
+) -> Result<()> {
+    let baseline = &job.settings.baseline;
     let summary = json!({
-        "baseline": s.baseline,
-        "judge": judge.name(),
+        "baseline": baseline,
+        "judge": judge,
         "prompts": job.prompts.display().to_string(),
         "models": summaries,
     });
     let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     write_text(&job.out.join("summary.json"), &summary_text)?;
-    write_text(&job.out.join("chart.svg"), &chart_svg(&summaries))?;
+    write_text(&job.out.join("chart.svg"), &chart_svg(summaries))?;
     let mut timings = job
         .timings
         .map(read_timings)
@@ -359,11 +463,8 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
     timings.push(("evaluate".into(), started.elapsed().as_secs_f64()));
     write_text(
         &job.out.join("report.md"),
-        &report_markdown(&summaries, &s.baseline, &judge.name(), &timings),
-    )?;
-    Ok(Outcome::Written {
-        rows: eval_rows.len(),
-    })
+        &report_markdown(summaries, baseline, judge, &timings),
+    )
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
@@ -503,4 +604,60 @@ fn chart_svg(models: &[ModelSummary]) -> String {
         }
     }
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Message;
+    use crate::stage::score::tests::Tmp;
+
+    #[test]
+    fn a_judge_without_its_settings_fails_before_any_response_is_generated() {
+        let tmp = Tmp::new("evaluate-judge");
+        let prompts = tmp.path("prompts.parquet");
+        let rows = vec![PromptRow {
+            prompt_id: "a".into(),
+            messages: vec![Message::user("question a")],
+            reference: Some("answer".into()),
+            constraints: None,
+        }];
+        write_rows(
+            &prompts,
+            &FileMeta::new(FileKind::Prompts, "external", "p-fp"),
+            &rows,
+        )
+        .unwrap();
+        let out = tmp.path("eval");
+        let mut judge = ScoreSettings::default();
+        judge.judging.judge = "rule:length".into();
+        // The model does not exist either: generating would fail first.
+        let err = evaluate(&EvaluateJob {
+            models: &[tmp.path("no-such-model").display().to_string()],
+            prompts: &prompts,
+            out: &out,
+            settings: &EvaluateSettings::default(),
+            judge: &judge,
+            timings: None,
+            force: false,
+        })
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("the evaluation judge")
+                && msg.contains("--judge rule:length needs --target N"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn models_get_short_unique_names() {
+        let models = [
+            "runs/tiny/iter-1/model/".to_string(),
+            "data/models/tiny-policy".to_string(),
+            "other/iter-1/model".to_string(),
+        ];
+        assert_eq!(unique_names(&models), ["iter-1", "tiny-policy", "iter-1-2"]);
+    }
 }

@@ -2,14 +2,11 @@
 //! those samples under a model (`logprobs`), and joining shard outputs (`merge`).
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::context::{
-    content_config, model_ref, parse_device, resolve_model, Outcome, StageOutput,
-};
+use super::context::{content_config, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -17,49 +14,52 @@ use crate::data::{
     FinishReason, LogprobRow, PromptOptions, SampleRow,
 };
 use crate::model::{
-    generate, teacher_forced_logprobs, Checkpoint, Finish, GenerationRequest, PromptResponse,
-    SamplingParams,
+    dtype_for, dtype_name, generate, model_ref, parse_device, resolve_model,
+    teacher_forced_logprobs, Checkpoint, Finish, GenerationRequest, PromptResponse, SamplingParams,
 };
+// Also train_step.rs's import of it (it lives in model/device.rs).
 
-/// The `[generate]` section of a pipeline config; flags override it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[generate]` section of a pipeline file; flags override it.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct GenerateSettings {
     /// Samples per prompt.
+    #[arg(long, default_value_t = 5)]
     pub k: u32,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
-    /// 0 keeps every token.
+    /// Keep only the k most likely tokens; 0 keeps every token.
+    #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Response length limit in tokens.
+    #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
     /// The run seed; each row's seed is blake3(seed, prompt_id, sample_idx, iteration).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The RSPO iteration (part of each row's seed).
+    #[arg(long, default_value_t = 1)]
     pub iteration: u32,
-    /// Rows decoded (or scored, for log-probs) together.
+    /// Rows decoded (or scored, for log-probs) together; never changes the output.
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Read prompts from this column instead of `prompt` / `messages`.
+    #[arg(long, value_name = "COLUMN")]
     pub prompt_column: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32 or bf16; default f32 on CPU, bf16 on CUDA.
+    /// f32 or bf16 [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long)]
     pub dtype: Option<String>,
 }
 
 impl Default for GenerateSettings {
     fn default() -> Self {
-        GenerateSettings {
-            k: 5,
-            temperature: 0.7,
-            top_p: 0.9,
-            top_k: 0,
-            max_new_tokens: 512,
-            seed: 0,
-            iteration: 1,
-            batch_size: 8,
-            prompt_column: None,
-            device: "cpu".into(),
-            dtype: None,
-        }
+        Self::defaults()
     }
 }
 
@@ -101,16 +101,6 @@ impl Shard {
     fn range(&self, n: usize) -> std::ops::Range<usize> {
         let (i, c) = (self.index as usize, self.count as usize);
         i * n / c..(i + 1) * n / c
-    }
-}
-
-pub fn dtype_for(setting: Option<&str>, device: &Device) -> Result<DType> {
-    match setting {
-        None if device.is_cuda() => Ok(DType::BF16),
-        None | Some("f32") | Some("float32") => Ok(DType::F32),
-        Some("bf16") | Some("bfloat16") => Ok(DType::BF16),
-        Some("f16") | Some("float16") => Ok(DType::F16),
-        Some(other) => bail!("dtype {other}: expected f32, bf16 or f16"),
     }
 }
 
@@ -400,7 +390,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
         "generate-logprobs",
         &Content {
             role: job.role,
-            dtype: format!("{dtype:?}").to_lowercase(),
+            dtype: dtype_name(dtype),
         },
         &[(job.samples, &samples_meta)],
         &[(job.role, model_ref(&dir)?)],

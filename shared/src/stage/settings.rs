@@ -1,48 +1,438 @@
-//! `--config pipelines/X.toml` holds a section per stage (`[generate]`, `[score]`, ...); flags
-//! given on the command line override it; what neither sets takes the stage's default.
+//! Stage settings have one definition each: a struct whose fields derive clap's `Args` (the flag,
+//! its help text and its default) and serde (the key in the pipeline file's section). A run's
+//! settings are layered: defaults < the `[section]` of `--config pipelines/X.toml` < the flags
+//! given on the command line.
+//!
+//! Pipeline files are read one way, strictly: every section and every key must be one a stage
+//! knows, and a misspelling is an error that names the file, the line and the valid names.
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
 use serde::de::DeserializeOwned;
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
 
-/// The `[section]` of a pipeline config, or an empty table without `--config`.
-pub fn load_section(config: Option<&Path>, section: &str) -> Result<toml::Table> {
-    let Some(path) = config else {
-        return Ok(toml::Table::new());
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --config {}", path.display()))?;
-    let mut doc: toml::Table = text
-        .parse()
-        .with_context(|| format!("--config {}: not valid TOML", path.display()))?;
-    match doc.remove(section) {
-        None => Ok(toml::Table::new()),
-        Some(toml::Value::Table(t)) => Ok(t),
-        Some(other) => anyhow::bail!(
-            "--config {}: `{section}` is a {}, expected a [{section}] table",
-            path.display(),
-            other.type_str()
-        ),
-    }
-}
-
-/// A stage's settings: defaults, then the config section, then flags.
-pub trait Settings: DeserializeOwned + Default {
-    /// The config section name (`generate`, `score`, ...).
+/// A stage's settings: one struct, read from flags and from one section of the pipeline file.
+pub trait Settings: Args + FromArgMatches + Serialize + DeserializeOwned {
+    /// The pipeline file's section (`generate`, `score`, ...).
     const SECTION: &'static str;
 
+    /// Every default, as the flags' help shows it.
+    fn defaults() -> Self {
+        let command = Self::augment_args(clap::Command::new(Self::SECTION));
+        let matches = command
+            .try_get_matches_from([Self::SECTION])
+            .unwrap_or_else(|e| panic!("[{}]: a setting has no default: {e}", Self::SECTION));
+        Self::from_arg_matches(&matches)
+            .unwrap_or_else(|e| panic!("[{}]: defaults do not parse: {e}", Self::SECTION))
+    }
+
+    /// The settings with the pipeline file's section applied over the defaults.
     fn from_config(config: Option<&Path>) -> Result<Self> {
-        let table = load_section(config, Self::SECTION)?;
-        let where_ = config.map(|p| p.display().to_string()).unwrap_or_default();
-        toml::Value::Table(table)
-            .try_into()
-            .with_context(|| format!("--config {where_}: section [{}]", Self::SECTION))
+        Self::defaults().under_config(config, &ArgMatches::default())
+    }
+
+    /// These settings as parsed from the command line (`self`, from `matches`), with the
+    /// pipeline file's section filling every setting whose flag was not given.
+    fn under_config(self, config: Option<&Path>, matches: &ArgMatches) -> Result<Self> {
+        let Some(path) = config else {
+            return Ok(self);
+        };
+        let file = PipelineFile::read(path)?;
+        let mut merged = fields_of(&self);
+        let mut from_file = Vec::new();
+        let section = file.section(Self::SECTION);
+        for (key, value) in &section {
+            // A section may hold keys for a sibling settings struct of the same stage
+            // (evaluate reads its judge's keys from [score]); the file check knows them all.
+            if !merged.contains_key(key) || flag_given(matches, key) {
+                continue;
+            }
+            merged.insert(key.clone(), serde_json::to_value(value)?);
+            from_file.push(key.as_str());
+        }
+        serde_json::from_value(Value::Object(merged.clone())).map_err(|e| {
+            // serde names the expected type but not the key: find the key that breaks it.
+            let key = from_file.iter().find(|key| {
+                let mut one = fields_of(&self);
+                one.insert(key.to_string(), merged[**key].clone());
+                serde_json::from_value::<Self>(Value::Object(one)).is_err()
+            });
+            match key {
+                Some(key) => file.error_at(Self::SECTION, Some(key), &format!("`{key}`: {e}")),
+                None => anyhow!("{}: [{}]: {e}", path.display(), Self::SECTION),
+            }
+        })
     }
 }
 
-/// Overrides `target` with a flag's value when the flag was given.
-pub fn set<T>(target: &mut T, flag: Option<T>) {
-    if let Some(v) = flag {
-        *target = v;
+/// The settings' keys and values as a JSON object (`null` for an unset option).
+fn fields_of(settings: &impl Serialize) -> Map<String, Value> {
+    match serde_json::to_value(settings) {
+        Ok(Value::Object(map)) => map,
+        other => panic!("settings serialise to a JSON object, got {other:?}"),
+    }
+}
+
+/// Whether the flag of setting `id` was given (not its default).
+pub fn flag_given(matches: &ArgMatches, id: &str) -> bool {
+    matches.try_contains_id(id).unwrap_or(false)
+        && matches.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+/// The flags of every stage besides its settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StageFlags {
+    /// Pipeline file (TOML): its section for this stage gives every setting not given as a
+    /// flag (`generate pipeline-vars FILE` checks a whole file).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Redo the work even if the output is up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Parses the command line into `C` and keeps the matches, which say which flags were given.
+pub fn parse_command_line<C: clap::Parser>() -> (C, ArgMatches) {
+    let matches = C::command().get_matches();
+    match C::from_arg_matches(&matches) {
+        Ok(cli) => (cli, matches),
+        Err(e) => e.exit(),
+    }
+}
+
+/// The `[pipeline]` section: what `make iter` chains (the Makefile reads it through
+/// `generate pipeline-vars`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// The model iteration 1 starts from (directory, Hub id or GGUF file).
+    pub base_model: String,
+    /// The judge of `score` and `evaluate` (`--judge`).
+    pub judge: String,
+    /// The judge's model, if it has one (`--judge-model`).
+    pub judge_model: Option<String>,
+    /// Training prompts; `{t}` becomes the iteration's part, cycling through 1..prompt_parts.
+    pub prompts: String,
+    pub prompt_parts: u32,
+    /// Prompts of the evaluation.
+    pub eval_prompts: String,
+    /// What win rates are measured against: a model, or `reference` answers.
+    pub baseline: String,
+}
+
+/// The names of every section a pipeline file may hold, with their keys.
+pub fn known_sections() -> Vec<(&'static str, Vec<String>)> {
+    fn keys<S: Settings>() -> (&'static str, Vec<String>) {
+        (
+            S::SECTION,
+            fields_of(&S::defaults()).keys().cloned().collect(),
+        )
+    }
+    use super::{estimate_winrate, evaluate, generate, score, train_step};
+    vec![
+        (
+            "pipeline",
+            fields_of(&PipelineSettings::default())
+                .keys()
+                .cloned()
+                .collect(),
+        ),
+        keys::<generate::GenerateSettings>(),
+        keys::<score::ScoreSettings>(),
+        keys::<estimate_winrate::WinrateSettings>(),
+        keys::<train_step::TrainStepSettings>(),
+        keys::<evaluate::EvaluateSettings>(),
+    ]
+}
+
+/// A pipeline file, checked: only known sections, only known keys, nothing outside a section.
+pub struct PipelineFile {
+    path: String,
+    text: String,
+    doc: toml::Table,
+}
+
+impl PipelineFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --config {}", path.display()))?;
+        let doc: toml::Table = text
+            .parse()
+            .with_context(|| format!("--config {}: not valid TOML", path.display()))?;
+        let file = PipelineFile {
+            path: path.display().to_string(),
+            text,
+            doc,
+        };
+        file.check()?;
+        Ok(file)
+    }
+
+    fn check(&self) -> Result<()> {
+        let known = known_sections();
+        let names: Vec<String> = known.iter().map(|(s, _)| format!("[{s}]")).collect();
+        for (name, item) in &self.doc {
+            let toml::Value::Table(table) = item else {
+                return Err(self.error_at(
+                    "",
+                    Some(name),
+                    &format!(
+                        "`{name}` is outside any section; every setting belongs in one of {}",
+                        names.join(", ")
+                    ),
+                ));
+            };
+            let Some((_, keys)) = known.iter().find(|(s, _)| s == name) else {
+                return Err(self.error_at(
+                    name,
+                    None,
+                    &format!(
+                        "unknown section [{name}]; expected one of {}",
+                        names.join(", ")
+                    ),
+                ));
+            };
+            for key in table.keys() {
+                if !keys.contains(key) {
+                    return Err(self.error_at(
+                        name,
+                        Some(key),
+                        &format!(
+                            "[{name}] has no setting `{key}`; expected one of {}",
+                            keys.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[section]`, empty when the file has none.
+    pub fn section(&self, section: &str) -> toml::Table {
+        match self.doc.get(section) {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => toml::Table::new(),
+        }
+    }
+
+    /// The `[pipeline]` section, typed.
+    pub fn pipeline(&self) -> Result<PipelineSettings> {
+        toml::Value::Table(self.section("pipeline"))
+            .try_into()
+            .map_err(|e| anyhow!("{}: [pipeline]: {e}", self.path))
+    }
+
+    /// An error that names the file and the line of `[section]` (or of `key` in it; the top
+    /// level is section "").
+    fn error_at(&self, section: &str, key: Option<&str>, message: &str) -> anyhow::Error {
+        match line_of(&self.text, section, key) {
+            Some(line) => anyhow!("{}:{line}: {message}", self.path),
+            None => anyhow!("{}: {message}", self.path),
+        }
+    }
+}
+
+/// The 1-based line of `key` in `[section]` (of the header itself without a key).
+fn line_of(text: &str, section: &str, key: Option<&str>) -> Option<usize> {
+    let mut current = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = header.trim().trim_matches('"').to_string();
+            if key.is_none() && current == section {
+                return Some(n + 1);
+            }
+            continue;
+        }
+        let Some(key) = key else { continue };
+        let name = line
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
+        if current == section && name == key && line.contains('=') {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+/// `generate pipeline-vars`: the `[pipeline]` section as make variables, after checking the
+/// whole file, so that make and the stages read one file one way.
+pub fn make_variables(path: &Path) -> Result<String> {
+    let p = PipelineFile::read(path)?.pipeline()?;
+    let mut missing = Vec::new();
+    for (key, value) in [
+        ("base_model", &p.base_model),
+        ("judge", &p.judge),
+        ("prompts", &p.prompts),
+        ("eval_prompts", &p.eval_prompts),
+        ("baseline", &p.baseline),
+    ] {
+        if value.is_empty() {
+            missing.push(key);
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{}: [pipeline] needs {} (make iter chains the stages with them)",
+            path.display(),
+            missing.join(", ")
+        );
+    }
+    if p.prompts.contains("{t}") && p.prompt_parts == 0 {
+        bail!(
+            "{}: [pipeline] prompts has {{t}}, so it needs prompt_parts >= 1",
+            path.display()
+        );
+    }
+    let escape = |v: &str| v.replace('$', "$$").replace('#', "\\#");
+    let vars = [
+        ("BASE_MODEL", p.base_model.clone()),
+        ("JUDGE", p.judge.clone()),
+        ("JUDGE_MODEL", p.judge_model.clone().unwrap_or_default()),
+        ("PROMPTS", p.prompts.clone()),
+        ("PROMPT_PARTS", p.prompt_parts.max(1).to_string()),
+        ("EVAL_PROMPTS", p.eval_prompts.clone()),
+        ("BASELINE", p.baseline.clone()),
+    ];
+    Ok(vars
+        .iter()
+        .map(|(name, value)| format!("{name} := {}\n", escape(value)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testing::TempDir;
+    use crate::stage::estimate_winrate::WinrateSettings;
+    use crate::stage::generate::GenerateSettings;
+    use crate::stage::score::ScoreSettings;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: GenerateSettings,
+    }
+
+    fn write(text: &str) -> (TempDir, std::path::PathBuf) {
+        let dir = TempDir::new();
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn parse(config: Option<&Path>, args: &[&str]) -> Result<GenerateSettings> {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        cli.settings.under_config(config, &matches)
+    }
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let (_d, path) = write("[generate]\nk = 2\ntemperature = 0.5\n");
+        let s = parse(Some(&path), &["x", "--temperature", "0.25"]).unwrap();
+        assert_eq!((s.k, s.temperature, s.top_p), (2, 0.25, 0.9));
+        // A flag equal to its default still wins over the file.
+        let s = parse(Some(&path), &["x", "--k", "5"]).unwrap();
+        assert_eq!(s.k, 5);
+        let s = parse(None, &["x"]).unwrap();
+        assert_eq!((s.k, s.temperature), (5, 0.7));
+    }
+
+    #[test]
+    fn every_stage_has_defaults_for_every_setting() {
+        for (section, keys) in known_sections() {
+            assert!(!keys.is_empty() || section == "winrate", "{section}");
+        }
+    }
+
+    #[test]
+    fn a_misspelled_section_or_key_names_file_line_and_valid_names() {
+        let (_d, path) = write("[generate]\nk = 2\n\n[train_step]\nlr = 1.0\n");
+        let err = format!("{:#}", parse(Some(&path), &["x"]).unwrap_err());
+        assert!(
+            err.contains("pipeline.toml:4:") && err.contains("[train_step]"),
+            "{err}"
+        );
+        assert!(err.contains("[train-step]"), "{err}");
+
+        let (_d, path) = write("k = 2\n[generate]\n");
+        let err = format!("{:#}", parse(Some(&path), &["x"]).unwrap_err());
+        assert!(
+            err.contains("pipeline.toml:1:") && err.contains("outside any section"),
+            "{err}"
+        );
+
+        let (_d, path) = write("[score]\n# a comment\njudg = \"x\"\n");
+        let err = format!("{:#}", ScoreSettings::from_config(Some(&path)).unwrap_err());
+        assert!(
+            err.contains("pipeline.toml:3:") && err.contains("`judg`"),
+            "{err}"
+        );
+        assert!(err.contains("judge_model"), "lists the valid keys: {err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_line() {
+        let (_d, path) = write("[generate]\ntop_p = 0.5\nk = \"two\"\n");
+        let err = format!("{:#}", parse(Some(&path), &["x"]).unwrap_err());
+        assert!(
+            err.contains("pipeline.toml:3:") && err.contains("`k`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sections_read_for_their_stage() {
+        let (_d, path) = write(
+            "[score]\njudge = \"rule:length\"\ntarget = 40\ntemperature = 0.5\n\n[winrate]\nexclude_self = true\n",
+        );
+        let s = ScoreSettings::from_config(Some(&path)).unwrap();
+        assert_eq!(
+            (
+                s.judging.judge.as_str(),
+                s.judging.target,
+                s.temperature,
+                s.batch_size,
+                s.judging.cache
+            ),
+            ("rule:length", Some(40), 0.5, 8, true)
+        );
+        assert!(
+            WinrateSettings::from_config(Some(&path))
+                .unwrap()
+                .exclude_self
+        );
+    }
+
+    #[test]
+    fn make_variables_survive_comments_and_quote_nothing() {
+        let (_d, path) = write(
+            "[pipeline]\nbase_model = \"data/models/tiny-policy\"  # start here\njudge = \"reward-model\"\n\
+             prompts = \"p-{t}.parquet\"\nprompt_parts = 3\neval_prompts = \"e.parquet\"\nbaseline = \"reference\"\n",
+        );
+        let vars = make_variables(&path).unwrap();
+        assert!(
+            vars.contains("BASE_MODEL := data/models/tiny-policy\n"),
+            "{vars}"
+        );
+        assert!(
+            vars.contains("JUDGE_MODEL := \n") && vars.contains("PROMPT_PARTS := 3\n"),
+            "{vars}"
+        );
+        let (_d, path) = write("[pipeline]\njudge = \"x\"\n");
+        let err = format!("{:#}", make_variables(&path).unwrap_err());
+        assert!(
+            err.contains("base_model") && err.contains("prompts"),
+            "{err}"
+        );
     }
 }

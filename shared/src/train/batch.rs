@@ -18,19 +18,16 @@
 //! the regularizers keeps the paper's coefficients meaning the same.)
 //!
 //! Memory is bounded by the micro-batch: the step's sequences (selected samples, then reference
-//! samples) are run `micro_batch_size` at a time, each micro-batch's share of L is
-//! back-propagated at once and the gradients are summed. Every term of L is a mean of
-//! per-sample (or per-token) values, so micro-batch m contributes `(S_m / S)` times the loss of
-//! its own samples (and `N_m / N` of the forward-KL mean), which gives exactly the gradient of
-//! one big batch.
+//! samples) are run `micro_batch_size` at a time, and each micro-batch's share of L (computed by
+//! [`StepLoss`], see the `loss` module) is back-propagated at once and the gradients summed,
+//! which gives exactly the gradient of one big batch.
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
-use super::loss::{rspo_loss, LossError};
-use super::regularizer::{check_distinct, Regularizer, RegularizerError, Term};
+use super::loss::{LossError, LossSpec, LossValues, SampleLogprobs, StepLoss};
 use super::rng::{permutation, SplitMix64};
 use super::selection::{Scored, Selection, SelectionError};
 use crate::data::{LogprobRow, SampleRow, WinrateRow};
@@ -110,8 +107,6 @@ pub enum BatchError {
     Empty(String),
     #[error("{0}")]
     Selection(#[from] SelectionError),
-    #[error("{0}")]
-    Regularizer(#[from] RegularizerError),
     #[error("micro-batch size must be at least 1")]
     MicroBatchSize,
     #[error("batch size must be at least 1 and epochs at least 1")]
@@ -123,12 +118,6 @@ pub enum BatchError {
         micro: usize,
         micros: usize,
         source: LossError,
-    },
-    #[error("micro-batch {micro} of {micros}: the forward_kl term is {value} (reference token log-probs under pi_theta are not finite)")]
-    ForwardKlNotFinite {
-        micro: usize,
-        micros: usize,
-        value: f64,
     },
     #[error("parameter {0} received no gradient")]
     MissingGrad(String),
@@ -368,32 +357,11 @@ pub fn plan_steps(
     Ok(steps)
 }
 
-/// The loss's settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LossSpec {
-    /// The self-play temperature; eta = 1 / beta.
-    pub beta: f64,
-    pub regularizers: Vec<Regularizer>,
-}
-
-impl LossSpec {
-    pub fn needs_reference_samples(&self) -> bool {
-        self.regularizers
-            .iter()
-            .any(|r| r.term.needs_reference_samples())
-    }
-}
-
 /// The loss of one step, its parts and the gradients of the trainable parameters.
 pub struct StepGradients {
     /// The gradient of every trainable parameter, and nothing else.
     pub grads: GradStore,
-    pub loss: f64,
-    pub self_play: f64,
-    /// `(name, T)` per regularizer in the order given.
-    pub terms: Vec<(String, f64)>,
-    pub mean_logratio_t: f64,
-    pub mean_logratio_ref: f64,
+    pub values: LossValues,
     /// Selected samples in the step (a sample selected twice counts twice).
     pub samples: usize,
     /// Response tokens run through the model: selected samples' and reference samples'.
@@ -421,6 +389,51 @@ impl Seq<'_> {
     }
 }
 
+/// The step's sequences: every selected sample, then (with `forward_kl`) every reference sample.
+fn step_sequences<'a>(
+    examples: &[&'a Example],
+    with_reference: bool,
+) -> Result<Vec<Seq<'a>>, BatchError> {
+    let mut seqs: Vec<Seq> = examples
+        .iter()
+        .flat_map(|e| e.samples.iter().map(Seq::Sample))
+        .collect();
+    if seqs.is_empty() {
+        return Err(BatchError::NoExamples);
+    }
+    if with_reference {
+        for e in examples {
+            if e.reference.is_empty() {
+                return Err(BatchError::NoReference {
+                    file: "reference samples".into(),
+                    prompt_id: e.prompt_id.clone(),
+                });
+            }
+            seqs.extend(e.reference.iter().map(Seq::Reference));
+        }
+    }
+    Ok(seqs)
+}
+
+/// Adds `grads`' gradients of `params` into `store`, dropping the rest: that frees the
+/// gradients of frozen operands that candle's matmul backward computes anyway.
+fn accumulate(
+    store: &mut GradStore,
+    mut grads: GradStore,
+    params: &[(String, Var)],
+) -> Result<(), BatchError> {
+    for (_, var) in params {
+        if let Some(g) = grads.remove(var.as_tensor()) {
+            let sum = match store.remove(var.as_tensor()) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            store.insert(var.as_tensor(), sum);
+        }
+    }
+    Ok(())
+}
+
 /// The loss of the step made of `examples` and the gradients of `params` (the `Var`s `model`
 /// was built from), accumulated over micro-batches of at most `micro_batch_size` sequences.
 /// This is the function train-step runs for every optimizer step.
@@ -434,191 +447,80 @@ pub fn step_gradients(
     if micro_batch_size == 0 {
         return Err(BatchError::MicroBatchSize);
     }
-    for r in &spec.regularizers {
-        r.validate()?;
-    }
-    check_distinct(&spec.regularizers)?;
-    let forward_kl_coef = spec
-        .regularizers
+    let seqs = step_sequences(examples, spec.needs_reference_samples())?;
+    let samples = seqs.iter().filter(|s| matches!(s, Seq::Sample(_))).count();
+    let reference_tokens = seqs
         .iter()
-        .find(|r| r.term == Term::ForwardKl)
-        .map(|r| r.coef);
-    // The per-sample terms go through rspo_loss micro-batch by micro-batch; forward_kl is a
-    // mean over tokens, weighted separately.
-    let sample_regs: Vec<Regularizer> = spec
-        .regularizers
-        .iter()
-        .filter(|r| r.term != Term::ForwardKl)
-        .copied()
-        .collect();
-
-    let mut seqs: Vec<Seq> = examples
-        .iter()
-        .flat_map(|e| e.samples.iter().map(Seq::Sample))
-        .collect();
-    let total_samples = seqs.len();
-    if total_samples == 0 {
-        return Err(BatchError::NoExamples);
-    }
-    let mut total_ref_tokens = 0usize;
-    if forward_kl_coef.is_some() {
-        for e in examples {
-            if e.reference.is_empty() {
-                return Err(BatchError::NoReference {
-                    file: "reference samples".into(),
-                    prompt_id: e.prompt_id.clone(),
-                });
-            }
-            for r in &e.reference {
-                total_ref_tokens += r.response.len();
-                seqs.push(Seq::Reference(r));
-            }
-        }
-        if total_ref_tokens == 0 {
-            return Err(BatchError::Loss {
-                micro: 1,
-                micros: 1,
-                source: LossError::ReferenceTokens("no response tokens".into()),
-            });
-        }
-    }
+        .filter_map(|s| match s {
+            Seq::Reference(r) => Some(r.response.len()),
+            Seq::Sample(_) => None,
+        })
+        .sum();
+    let mut loss =
+        StepLoss::new(spec, samples, reference_tokens).map_err(|source| BatchError::Loss {
+            micro: 1,
+            micros: 1,
+            source,
+        })?;
 
     let micros = seqs.len().div_ceil(micro_batch_size);
-    let mut acc: Option<GradStore> = None;
-    let (mut self_play, mut lr_t, mut lr_ref) = (0f64, 0f64, 0f64);
-    let mut sample_terms: Vec<f64> = vec![0.0; sample_regs.len()];
-    let mut forward_kl_sum = 0f64;
+    let mut grads = GradStore::default();
     let mut tokens = 0u64;
     for (m, chunk) in seqs.chunks(micro_batch_size).enumerate() {
         let pairs: Vec<PromptResponse> = chunk.iter().map(Seq::pair).collect();
         tokens += pairs.iter().map(|p| p.response.len() as u64).sum::<u64>();
         let logprobs = teacher_forced_logprobs(model, &pairs)?;
         // Samples come before reference samples, so a chunk is samples then references.
-        let n_samples = chunk.iter().filter(|s| matches!(s, Seq::Sample(_))).count();
-        let mut loss: Option<Tensor> = None;
-        if n_samples > 0 {
-            let picked: Vec<&TrainSample> = chunk[..n_samples]
-                .iter()
-                .map(|s| match s {
-                    Seq::Sample(s) => *s,
-                    Seq::Reference(_) => unreachable!("samples come first"),
-                })
-                .collect();
-            let sums = logprobs.sums()?.narrow(0, 0, n_samples)?;
-            let logp_t: Vec<f64> = picked.iter().map(|s| s.logp_t).collect();
-            let logp_ref: Vec<f64> = picked.iter().map(|s| s.logp_ref).collect();
-            let winrates: Vec<f64> = picked.iter().map(|s| s.winrate).collect();
-            let parts = rspo_loss(
-                &sums,
-                &logp_t,
-                &logp_ref,
-                &winrates,
-                spec.beta,
-                &sample_regs,
-                None,
-            )
+        let picked: Vec<&TrainSample> = chunk
+            .iter()
+            .map_while(|s| match s {
+                Seq::Sample(s) => Some(*s),
+                Seq::Reference(_) => None,
+            })
+            .collect();
+        let (logp_t, logp_ref, winrates): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+            picked.iter().map(|s| s.logp_t).collect(),
+            picked.iter().map(|s| s.logp_ref).collect(),
+            picked.iter().map(|s| s.winrate).collect(),
+        );
+        let sums = match picked.len() {
+            0 => None,
+            n => Some(logprobs.sums()?.narrow(0, 0, n)?),
+        };
+        let samples = sums.as_ref().map(|logp_theta| SampleLogprobs {
+            logp_theta,
+            logp_t: &logp_t,
+            logp_ref: &logp_ref,
+            winrates: &winrates,
+        });
+        let sample_tokens: usize = pairs[..picked.len()].iter().map(|p| p.response.len()).sum();
+        let ref_tokens = logprobs.tokens.dim(0)? - sample_tokens;
+        let reference = match ref_tokens {
+            0 => None,
+            n => Some(logprobs.tokens.narrow(0, sample_tokens, n)?),
+        };
+        let share = loss
+            .add(samples.as_ref(), reference.as_ref())
             .map_err(|source| BatchError::Loss {
                 micro: m + 1,
                 micros,
                 source,
             })?;
-            let weight = n_samples as f64 / total_samples as f64;
-            self_play += weight * parts.self_play;
-            lr_t += weight * parts.mean_logratio_t;
-            lr_ref += weight * parts.mean_logratio_ref;
-            for (acc_t, (_, t)) in sample_terms.iter_mut().zip(&parts.terms) {
-                *acc_t += weight * t;
-            }
-            loss = Some((parts.loss * weight)?);
+        // Nothing to add when nothing trainable influences this share (all coefficients 0 on a
+        // reference-only micro-batch).
+        if let Some(share) = share.filter(Tensor::track_op) {
+            accumulate(&mut grads, share.backward()?, params)?;
         }
-        if let Some(coef) = forward_kl_coef {
-            let sample_tokens: usize = pairs[..n_samples].iter().map(|p| p.response.len()).sum();
-            let ref_tokens = logprobs.tokens.dim(0)? - sample_tokens;
-            if ref_tokens > 0 {
-                let sum = logprobs
-                    .tokens
-                    .narrow(0, sample_tokens, ref_tokens)?
-                    .to_dtype(DType::F64)?
-                    .sum_all()?;
-                let value = sum.to_scalar::<f64>()?;
-                if !value.is_finite() {
-                    return Err(BatchError::ForwardKlNotFinite {
-                        micro: m + 1,
-                        micros,
-                        value: -value / total_ref_tokens as f64,
-                    });
-                }
-                forward_kl_sum += value;
-                if coef != 0.0 {
-                    let part = (sum * (-coef / total_ref_tokens as f64))?;
-                    loss = Some(match loss {
-                        Some(l) => (l + part)?,
-                        None => part,
-                    });
-                }
-            }
-        }
-        let Some(loss) = loss else { continue };
-        if !loss.track_op() {
-            // Nothing trainable influences this part (all coefficients 0 on reference-only
-            // micro-batches): no gradient to add.
-            continue;
-        }
-        let mut grads = loss.backward()?;
-        acc = Some(match acc {
-            None => {
-                // Keep only the parameters' gradients; dropping the rest frees the gradients of
-                // frozen operands that candle's matmul backward computes anyway.
-                let mut store = GradStore::default();
-                for (_, var) in params {
-                    if let Some(g) = grads.remove(var.as_tensor()) {
-                        store.insert(var.as_tensor(), g);
-                    }
-                }
-                store
-            }
-            Some(mut store) => {
-                for (_, var) in params {
-                    if let Some(g) = grads.remove(var.as_tensor()) {
-                        let sum = match store.remove(var.as_tensor()) {
-                            Some(prev) => (prev + g)?,
-                            None => g,
-                        };
-                        store.insert(var.as_tensor(), sum);
-                    }
-                }
-                store
-            }
-        });
     }
-    let grads = acc.unwrap_or_default();
     for (name, var) in params {
         if grads.get(var.as_tensor()).is_none() {
             return Err(BatchError::MissingGrad(name.clone()));
         }
     }
-
-    let mut terms = Vec::with_capacity(spec.regularizers.len());
-    let mut loss = self_play;
-    let mut sample_term = sample_terms.iter();
-    for r in &spec.regularizers {
-        let t = match r.term {
-            Term::ForwardKl => -forward_kl_sum / total_ref_tokens as f64,
-            _ => *sample_term.next().expect("one value per sample term"),
-        };
-        if r.coef != 0.0 {
-            loss += r.coef * t;
-        }
-        terms.push((r.term.name().to_string(), t));
-    }
     Ok(StepGradients {
         grads,
-        loss,
-        self_play,
-        terms,
-        mean_logratio_t: lr_t,
-        mean_logratio_ref: lr_ref,
-        samples: total_samples,
+        values: loss.finish(),
+        samples,
         tokens,
         micro_batches: micros,
     })

@@ -1,4 +1,4 @@
-//! The RSPO loss (DESIGN.md, "The RSPO loss").
+//! The RSPO loss (DESIGN.md, "The RSPO loss"): every term, in this one module.
 //!
 //! For the selected samples s = 1..S, with sequence log-probs summed over response tokens,
 //!
@@ -8,29 +8,89 @@
 //! L      = mean_s (dt_s - eta * (winrate_s - 1/2))^2  +  sum_k coef_k * T_k,      eta = 1 / beta
 //! ```
 //!
-//! with the terms T of [`Term`]. Everything is computed in f64 (the sequence log-probs are
-//! converted on entry): with the paper's beta = 0.001 the targets `eta * (winrate - 1/2)` reach
-//! +-500 and the self-play term is of order 1e5. Gradients flow back to `logp_theta` (and
-//! `ref_token_logp_theta`) in their own dtype.
+//! with the terms T of [`Term`]: `reverse_kl`, `forward_kl_is` and `chi2` are means over the S
+//! samples of a function of dref_s; `forward_kl` is minus the mean, over the N response tokens
+//! of samples drawn from pi_ref, of their log-probs under pi_theta. Everything is computed in
+//! f64 (the log-probs are converted on entry): with the paper's beta = 0.001 the targets
+//! `eta * (winrate - 1/2)` reach +-500 and the self-play term is of order 1e5. Gradients flow
+//! back to the log-probs in their own dtype.
+//!
+//! A step's sequences may not fit through the model at once, so [`StepLoss`] builds L from
+//! micro-batch shares. Every term is a mean over samples (or reference tokens), so micro-batch m
+//! with S_m of the samples and N_m of the reference tokens contributes `S_m / S` times the loss
+//! of its own samples plus `-coef * (sum of its tokens' log-probs) / N`. Back-propagating each
+//! share and summing the gradients gives exactly the gradient of L; [`rspo_loss`] is L of one
+//! batch, a single share. [`LossSpec::new`] is where beta and the regularizers are validated.
 
 use candle_core::{DType, Tensor};
 
 use super::regularizer::{check_distinct, Regularizer, RegularizerError, Term};
 
-/// The loss and its parts, as logged in `train_log.parquet`.
-#[derive(Debug, Clone)]
-pub struct LossParts {
-    /// The scalar loss, differentiable w.r.t. `logp_theta` (and the reference token log-probs).
-    pub loss: Tensor,
+/// The loss's settings, validated: beta finite and > 0, every regularizer valid, no kind twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossSpec {
+    beta: f64,
+    regularizers: Vec<Regularizer>,
+}
+
+impl LossSpec {
+    /// `beta`: the self-play temperature, eta = 1 / beta. `regularizers`: the terms in the order
+    /// they are reported.
+    pub fn new(beta: f64, regularizers: Vec<Regularizer>) -> Result<Self, LossError> {
+        if !(beta.is_finite() && beta > 0.0) {
+            return Err(LossError::Beta(beta));
+        }
+        for r in &regularizers {
+            r.validate()?;
+        }
+        check_distinct(&regularizers)?;
+        Ok(LossSpec { beta, regularizers })
+    }
+
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+
+    pub fn regularizers(&self) -> &[Regularizer] {
+        &self.regularizers
+    }
+
+    /// Whether a term needs samples drawn from pi_ref (`forward_kl`).
+    pub fn needs_reference_samples(&self) -> bool {
+        self.regularizers
+            .iter()
+            .any(|r| r.term.needs_reference_samples())
+    }
+
+    fn forward_kl_coef(&self) -> Option<f64> {
+        self.regularizers
+            .iter()
+            .find(|r| r.term == Term::ForwardKl)
+            .map(|r| r.coef)
+    }
+}
+
+/// The loss's value and parts, as logged in `train_log.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossValues {
+    /// `self_play + sum coef * T`.
+    pub loss: f64,
     /// `mean_s (dt_s - eta * (winrate_s - 1/2))^2`.
     pub self_play: f64,
-    /// `(name, T)` per regularizer in the given order, before multiplying by the coefficient:
-    /// `loss = self_play + sum coef * T`.
+    /// `(name, T)` per regularizer in the spec's order, before multiplying by the coefficient.
     pub terms: Vec<(String, f64)>,
     /// `mean_s dt_s`.
     pub mean_logratio_t: f64,
     /// `mean_s dref_s`.
     pub mean_logratio_ref: f64,
+}
+
+/// The loss of one batch: differentiable, and its values.
+#[derive(Debug, Clone)]
+pub struct LossParts {
+    /// The scalar loss, differentiable w.r.t. the log-probs under pi_theta.
+    pub loss: Tensor,
+    pub values: LossValues,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +105,8 @@ pub enum LossError {
     },
     #[error("rspo loss: beta must be finite and > 0, found {0}")]
     Beta(f64),
+    #[error("rspo loss: a step needs at least one selected sample")]
+    NoSamples,
     #[error(
         "rspo loss: the forward_kl term needs the token log-probs of reference samples under \
          pi_theta (a non-empty (N,) tensor), found {0}"
@@ -58,103 +120,248 @@ pub enum LossError {
     Candle(#[from] candle_core::Error),
 }
 
-/// The RSPO loss over S selected samples.
+/// The selected samples of one micro-batch.
+pub struct SampleLogprobs<'a> {
+    /// (S_m,) sequence log-probs under the model being trained (differentiable).
+    pub logp_theta: &'a Tensor,
+    /// S_m values each, from the logprobs and winrates files.
+    pub logp_t: &'a [f64],
+    pub logp_ref: &'a [f64],
+    pub winrates: &'a [f64],
+}
+
+/// The loss of one optimizer step, added up from micro-batch shares: [`StepLoss::add`] per
+/// micro-batch (back-propagate what it returns), then [`StepLoss::finish`].
+pub struct StepLoss<'a> {
+    spec: &'a LossSpec,
+    /// S: selected samples in the step.
+    samples: usize,
+    /// N: response tokens of the step's reference samples (0 without `forward_kl`).
+    reference_tokens: usize,
+    self_play: f64,
+    mean_logratio_t: f64,
+    mean_logratio_ref: f64,
+    /// Per regularizer in the spec's order: the weighted sum of T over the shares so far, or
+    /// for `forward_kl` the sum of the reference token log-probs.
+    sums: Vec<f64>,
+}
+
+impl<'a> StepLoss<'a> {
+    /// A step over `samples` selected samples and `reference_tokens` response tokens of
+    /// reference samples (needed, and > 0, only with a `forward_kl` term).
+    pub fn new(
+        spec: &'a LossSpec,
+        samples: usize,
+        reference_tokens: usize,
+    ) -> Result<Self, LossError> {
+        if samples == 0 {
+            return Err(LossError::NoSamples);
+        }
+        if spec.forward_kl_coef().is_some() && reference_tokens == 0 {
+            return Err(LossError::ReferenceTokens("no response tokens".into()));
+        }
+        Ok(StepLoss {
+            spec,
+            samples,
+            reference_tokens,
+            self_play: 0.0,
+            mean_logratio_t: 0.0,
+            mean_logratio_ref: 0.0,
+            sums: vec![0.0; spec.regularizers.len()],
+        })
+    }
+
+    /// Adds one micro-batch: its selected samples (if any) and the (N_m,) token log-probs under
+    /// pi_theta of its reference samples' responses (if any; ignored without `forward_kl`).
+    /// Returns the micro-batch's differentiable share of L, or `None` when it adds nothing.
+    pub fn add(
+        &mut self,
+        samples: Option<&SampleLogprobs<'_>>,
+        reference_token_logp_theta: Option<&Tensor>,
+    ) -> Result<Option<Tensor>, LossError> {
+        let mut share = match samples {
+            Some(samples) => Some(self.add_samples(samples)?),
+            None => None,
+        };
+        if let (Some(coef), Some(tokens)) =
+            (self.spec.forward_kl_coef(), reference_token_logp_theta)
+        {
+            if let Some(part) = self.add_reference_tokens(coef, tokens)? {
+                share = Some(match share {
+                    Some(s) => (s + part)?,
+                    None => part,
+                });
+            }
+        }
+        Ok(share)
+    }
+
+    /// `S_m / S` times the per-sample part of L over these samples.
+    fn add_samples(&mut self, batch: &SampleLogprobs<'_>) -> Result<Tensor, LossError> {
+        let s = match batch.logp_theta.dims() {
+            [s] if *s > 0 => *s,
+            dims => return Err(LossError::LogpShape(dims.to_vec())),
+        };
+        for (what, values) in [
+            ("logp_t", batch.logp_t),
+            ("logp_ref", batch.logp_ref),
+            ("winrates", batch.winrates),
+        ] {
+            if values.len() != s {
+                return Err(LossError::Length {
+                    what,
+                    found: values.len(),
+                    expected: s,
+                });
+            }
+        }
+        let eta = 1.0 / self.spec.beta;
+        let device = batch.logp_theta.device();
+        let logp_theta = batch.logp_theta.to_dtype(DType::F64)?;
+        let dt = logp_theta.sub(&Tensor::from_slice(batch.logp_t, s, device)?)?;
+        let target: Vec<f64> = batch.winrates.iter().map(|w| eta * (w - 0.5)).collect();
+        let self_play = dt
+            .sub(&Tensor::from_vec(target, s, device)?)?
+            .sqr()?
+            .mean_all()?;
+        let dref = logp_theta.sub(&Tensor::from_slice(batch.logp_ref, s, device)?)?;
+
+        let mut loss = self_play.clone();
+        let mut terms: Vec<(usize, f64)> = Vec::with_capacity(self.sums.len());
+        for (k, r) in self.spec.regularizers.iter().enumerate() {
+            let t = match r.term {
+                Term::ReverseKl => (dref.sqr()?.mean_all()? * 2.0)?,
+                // min() passes no gradient where the clip is active (candle's Minimum backward
+                // masks with `min == input`), and clipping before exp keeps exp finite.
+                Term::ForwardKlIs { clip } => {
+                    (dref.neg()?.minimum(clip)?.exp()?.mean_all()? * 2.0)?
+                }
+                Term::Chi2 { clip } => (dref.minimum(clip)?.exp()?.mean_all()? * 2.0)?,
+                // A mean over reference tokens, not samples: add_reference_tokens.
+                Term::ForwardKl => continue,
+            };
+            if r.coef != 0.0 {
+                loss = loss.add(&(&t * r.coef)?)?;
+            }
+            terms.push((k, t.to_scalar::<f64>()?));
+        }
+        let self_play = self_play.to_scalar::<f64>()?;
+        let value = loss.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            let mut msg = format!("loss={value}, self_play={self_play}");
+            for (k, t) in &terms {
+                msg.push_str(&format!(", {}={t}", self.spec.regularizers[*k].term.name()));
+            }
+            return Err(LossError::NonFinite(msg));
+        }
+
+        let weight = s as f64 / self.samples as f64;
+        self.self_play += weight * self_play;
+        self.mean_logratio_t += weight * dt.mean_all()?.to_scalar::<f64>()?;
+        self.mean_logratio_ref += weight * dref.mean_all()?.to_scalar::<f64>()?;
+        for (k, t) in terms {
+            self.sums[k] += weight * t;
+        }
+        Ok((loss * weight)?)
+    }
+
+    /// `-coef * sum(tokens) / N`, or `None` when there are no tokens or the coefficient is 0.
+    fn add_reference_tokens(
+        &mut self,
+        coef: f64,
+        tokens: &Tensor,
+    ) -> Result<Option<Tensor>, LossError> {
+        match tokens.dims() {
+            [0] => return Ok(None),
+            [_] => {}
+            dims => return Err(LossError::ReferenceTokens(format!("shape {dims:?}"))),
+        }
+        let n = self.reference_tokens as f64;
+        let sum = tokens.to_dtype(DType::F64)?.sum_all()?;
+        let value = sum.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(LossError::NonFinite(format!("forward_kl={}", -value / n)));
+        }
+        let k = self
+            .spec
+            .regularizers
+            .iter()
+            .position(|r| r.term == Term::ForwardKl)
+            .expect("a forward_kl term");
+        self.sums[k] += value;
+        if coef == 0.0 {
+            return Ok(None);
+        }
+        Ok(Some((sum * (-coef / n))?))
+    }
+
+    /// The step's loss and parts.
+    pub fn finish(self) -> LossValues {
+        let mut loss = self.self_play;
+        let mut terms = Vec::with_capacity(self.sums.len());
+        for (r, sum) in self.spec.regularizers.iter().zip(&self.sums) {
+            let t = match r.term {
+                Term::ForwardKl => -sum / self.reference_tokens as f64,
+                _ => *sum,
+            };
+            if r.coef != 0.0 {
+                loss += r.coef * t;
+            }
+            terms.push((r.term.name().to_string(), t));
+        }
+        LossValues {
+            loss,
+            self_play: self.self_play,
+            terms,
+            mean_logratio_t: self.mean_logratio_t,
+            mean_logratio_ref: self.mean_logratio_ref,
+        }
+    }
+}
+
+/// The RSPO loss over S selected samples, as one share.
 ///
 /// - `logp_theta`: (S,) sequence log-probs under the model being trained (differentiable).
 /// - `logp_t`, `logp_ref`, `winrates`: S values each, from the logprobs and winrates files.
-/// - `beta`: the self-play temperature; eta = 1/beta.
 /// - `ref_token_logp_theta`: (N,) log pi_theta of every response token of the samples drawn from
 ///   pi_ref; required when a `forward_kl` term is present, ignored otherwise.
 ///
 /// A term with coefficient 0 is reported but not added to the loss. A loss that is NaN or
 /// infinite is an error whose message lists every part.
 pub fn rspo_loss(
+    spec: &LossSpec,
     logp_theta: &Tensor,
     logp_t: &[f64],
     logp_ref: &[f64],
     winrates: &[f64],
-    beta: f64,
-    regularizers: &[Regularizer],
     ref_token_logp_theta: Option<&Tensor>,
 ) -> Result<LossParts, LossError> {
     let s = match logp_theta.dims() {
         [s] if *s > 0 => *s,
         dims => return Err(LossError::LogpShape(dims.to_vec())),
     };
-    for (what, values) in [
-        ("logp_t", logp_t),
-        ("logp_ref", logp_ref),
-        ("winrates", winrates),
-    ] {
-        if values.len() != s {
-            return Err(LossError::Length {
-                what,
-                found: values.len(),
-                expected: s,
-            });
-        }
-    }
-    if !(beta.is_finite() && beta > 0.0) {
-        return Err(LossError::Beta(beta));
-    }
-    for r in regularizers {
-        r.validate()?;
-    }
-    check_distinct(regularizers)?;
-
-    let eta = 1.0 / beta;
-    let device = logp_theta.device();
-    let logp_theta = logp_theta.to_dtype(DType::F64)?;
-    let dt = logp_theta.sub(&Tensor::from_slice(logp_t, s, device)?)?;
-    let target: Vec<f64> = winrates.iter().map(|w| eta * (w - 0.5)).collect();
-    let self_play = dt
-        .sub(&Tensor::from_vec(target, s, device)?)?
-        .sqr()?
-        .mean_all()?;
-    let dref = logp_theta.sub(&Tensor::from_slice(logp_ref, s, device)?)?;
-
-    let mut loss = self_play.clone();
-    let mut terms = Vec::with_capacity(regularizers.len());
-    for r in regularizers {
-        let t = match r.term {
-            Term::ReverseKl => (dref.sqr()?.mean_all()? * 2.0)?,
-            // min() passes no gradient where the clip is active (candle's Minimum backward masks
-            // with `min == input`), and clipping before exp keeps exp finite.
-            Term::ForwardKlIs { clip } => (dref.neg()?.minimum(clip)?.exp()?.mean_all()? * 2.0)?,
-            Term::Chi2 { clip } => (dref.minimum(clip)?.exp()?.mean_all()? * 2.0)?,
-            Term::ForwardKl => {
-                let tokens = match ref_token_logp_theta {
-                    Some(t) if matches!(t.dims(), [n] if *n > 0) => t,
-                    Some(t) => {
-                        return Err(LossError::ReferenceTokens(format!("shape {:?}", t.dims())))
-                    }
-                    None => return Err(LossError::ReferenceTokens("none".to_string())),
-                };
-                tokens.to_dtype(DType::F64)?.mean_all()?.neg()?
-            }
-        };
-        if r.coef != 0.0 {
-            loss = loss.add(&(&t * r.coef)?)?;
-        }
-        terms.push((r.term.name().to_string(), t.to_scalar::<f64>()?));
-    }
-
-    let parts = LossParts {
-        self_play: self_play.to_scalar::<f64>()?,
-        mean_logratio_t: dt.mean_all()?.to_scalar::<f64>()?,
-        mean_logratio_ref: dref.mean_all()?.to_scalar::<f64>()?,
-        terms,
-        loss,
+    let reference_tokens = match ref_token_logp_theta {
+        _ if spec.forward_kl_coef().is_none() => 0,
+        Some(t) => match t.dims() {
+            [n] if *n > 0 => *n,
+            dims => return Err(LossError::ReferenceTokens(format!("shape {dims:?}"))),
+        },
+        None => return Err(LossError::ReferenceTokens("none".to_string())),
     };
-    let value = parts.loss.to_scalar::<f64>()?;
-    if !value.is_finite() {
-        let mut msg = format!("loss={value}, self_play={}", parts.self_play);
-        for (name, t) in &parts.terms {
-            msg.push_str(&format!(", {name}={t}"));
-        }
-        return Err(LossError::NonFinite(msg));
-    }
-    Ok(parts)
+    let samples = SampleLogprobs {
+        logp_theta,
+        logp_t,
+        logp_ref,
+        winrates,
+    };
+    let mut step = StepLoss::new(spec, s, reference_tokens)?;
+    let loss = step
+        .add(Some(&samples), ref_token_logp_theta)?
+        .expect("a share with at least one sample");
+    Ok(LossParts {
+        loss,
+        values: step.finish(),
+    })
 }
 
 #[cfg(test)]
@@ -205,6 +412,10 @@ mod tests {
     fn oracle() -> Oracle {
         let text = std::fs::read_to_string(ORACLE).expect("read the rspo-oracle fixture");
         serde_json::from_str(&text).expect("parse the rspo-oracle fixture")
+    }
+
+    fn spec(beta: f64, regularizers: &[Regularizer]) -> LossSpec {
+        LossSpec::new(beta, regularizers.to_vec()).unwrap()
     }
 
     fn rel(a: f64, b: f64) -> f64 {
@@ -285,12 +496,11 @@ mod tests {
                     .and_then(|t| Var::from_tensor(&t))
                     .unwrap();
                 let call = rspo_loss(
+                    &spec(1.0 / config.eta, &config.terms),
                     var.as_tensor(),
                     &logp_policy,
                     &logp_ref,
                     &winrates,
-                    1.0 / config.eta,
-                    &config.terms,
                     None,
                 );
                 if needs_model {
@@ -308,12 +518,17 @@ mod tests {
                     config.name,
                     rel(loss, result.loss)
                 );
-                let self_play_err = rel(parts.self_play, result.terms["self_play"]);
+                let self_play_err = rel(parts.values.self_play, result.terms["self_play"]);
                 report.push_str(&format!(", self_play {self_play_err:.1e}"));
                 assert!(rel(loss, result.loss) < 1e-4, "{report}");
                 assert!(self_play_err < 1e-4, "{report}");
-                assert_eq!(parts.terms.len() + 1, result.terms.len(), "{}", config.name);
-                for (name, value) in &parts.terms {
+                assert_eq!(
+                    parts.values.terms.len() + 1,
+                    result.terms.len(),
+                    "{}",
+                    config.name
+                );
+                for (name, value) in &parts.values.terms {
                     let expected = result.terms[name.as_str()];
                     report.push_str(&format!(", {name} {:.1e}", rel(*value, expected)));
                     assert!(rel(*value, expected) < 1e-4, "{report}");
@@ -367,12 +582,11 @@ mod tests {
         let var = Var::from_slice(&theta, 3, &Device::Cpu).unwrap();
         let beta = 0.001;
         let parts = rspo_loss(
+            &spec(beta, &[]),
             var.as_tensor(),
             &logp_t,
             &logp_ref,
             &winrates,
-            beta,
-            &[],
             None,
         )
         .unwrap();
@@ -384,10 +598,10 @@ mod tests {
             expected_loss += residual * residual / 3.0;
             assert!((grad[i] - 2.0 / 3.0 * residual).abs() < 1e-9, "{grad:?}");
         }
-        assert!(rel(parts.self_play, expected_loss) < 1e-12);
-        assert!(parts.terms.is_empty());
-        assert!((parts.mean_logratio_t - (0.5 - 0.25 + 1.0) / 3.0).abs() < 1e-12);
-        assert!((parts.mean_logratio_ref - (1.5 - 1.25 + 1.5) / 3.0).abs() < 1e-12);
+        assert!(rel(parts.values.self_play, expected_loss) < 1e-12);
+        assert!(parts.values.terms.is_empty());
+        assert!((parts.values.mean_logratio_t - (0.5 - 0.25 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((parts.values.mean_logratio_ref - (1.5 - 1.25 + 1.5) / 3.0).abs() < 1e-12);
     }
 
     #[test]
@@ -405,12 +619,11 @@ mod tests {
             let var = Var::from_slice(&theta, 4, &Device::Cpu).unwrap();
             let regs = [Regularizer::new(term, 0.3)];
             let parts = rspo_loss(
+                &spec(0.1, &regs),
                 var.as_tensor(),
                 &logp_t,
                 &logp_ref,
                 &winrates,
-                0.1,
-                &regs,
                 None,
             )
             .unwrap();
@@ -426,7 +639,7 @@ mod tests {
                     .zip(&logp_ref)
                     .map(|(t, r)| (sign * (t - r)).min(clip).exp())
                     .sum::<f64>();
-            assert!(rel(parts.terms[0].1, expected_t) < 1e-12, "{term:?}");
+            assert!(rel(parts.values.terms[0].1, expected_t) < 1e-12, "{term:?}");
             let grads = parts.loss.backward().unwrap();
             let grad: Vec<f64> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();
             for i in clipped {
@@ -445,16 +658,15 @@ mod tests {
         let var = Var::from_slice(&[-5000.0f32], 1, &Device::Cpu).unwrap();
         let regs = [Regularizer::new(Term::ForwardKlIs { clip: 10.0 }, 1.0)];
         let parts = rspo_loss(
+            &spec(1.0, &regs),
             var.as_tensor(),
             &[-5000.0],
             &[0.0],
             &[0.5],
-            1.0,
-            &regs,
             None,
         )
         .unwrap();
-        assert!(rel(parts.terms[0].1, 2.0 * 10f64.exp()) < 1e-12);
+        assert!(rel(parts.values.terms[0].1, 2.0 * 10f64.exp()) < 1e-12);
         let grads = parts.loss.backward().unwrap();
         let grad: Vec<f32> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();
         assert_eq!(grad, vec![0.0]);
@@ -466,16 +678,18 @@ mod tests {
         let tokens = Var::from_slice(&[-1.0f32, -2.0, -3.0, -4.0, -5.5], 5, &Device::Cpu).unwrap();
         let regs = [Regularizer::new(Term::ForwardKl, 0.1)];
         let parts = rspo_loss(
+            &spec(0.1, &regs),
             var_theta.as_tensor(),
             &[-3.0, -4.0],
             &[-3.0, -4.0],
             &[0.5, 0.5],
-            0.1,
-            &regs,
             Some(tokens.as_tensor()),
         )
         .unwrap();
-        assert_eq!(parts.terms, vec![("forward_kl".to_string(), 15.5 / 5.0)]);
+        assert_eq!(
+            parts.values.terms,
+            vec![("forward_kl".to_string(), 15.5 / 5.0)]
+        );
         assert!(rel(parts.loss.to_scalar::<f64>().unwrap(), 0.1 * 3.1) < 1e-12);
         let grads = parts.loss.backward().unwrap();
         let grad: Vec<f32> = grads.get(tokens.as_tensor()).unwrap().to_vec1().unwrap();
@@ -484,16 +698,97 @@ mod tests {
         }
         // Missing or empty reference tokens are an error naming the term.
         let missing = rspo_loss(
+            &spec(0.1, &regs),
             var_theta.as_tensor(),
             &[-3.0, -4.0],
             &[-3.0, -4.0],
             &[0.5, 0.5],
-            0.1,
-            &regs,
             None,
         )
         .unwrap_err();
         assert!(missing.to_string().contains("forward_kl"), "{missing}");
+    }
+
+    /// Three micro-batches, one of reference tokens only: the shares' values and gradients add
+    /// up to L's, written out from the definition.
+    #[test]
+    fn micro_batch_shares_add_up_to_the_whole_loss() {
+        let theta = [-9.5, -20.25, -29.0];
+        let logp_t = [-10.0, -20.0, -30.0];
+        let logp_ref = [-11.0, -19.0, -30.5];
+        let winrates = [0.9, 0.5, 0.2];
+        let tokens = [-1.0, -2.0, -3.0, -4.0, -5.5];
+        let (eta, rkl, fkl) = (10.0, 0.5, 0.1);
+        let spec = spec(
+            1.0 / eta,
+            &[
+                Regularizer::new(Term::ReverseKl, rkl),
+                Regularizer::new(Term::ForwardKl, fkl),
+            ],
+        );
+        let theta_var = Var::from_slice(&theta, 3, &Device::Cpu).unwrap();
+        let token_var = Var::from_slice(&tokens, 5, &Device::Cpu).unwrap();
+        let mut step = StepLoss::new(&spec, 3, 5).unwrap();
+        let (mut grad, mut token_grad) = (vec![0.0; 3], vec![0.0; 5]);
+        for (samples, toks) in [(0..2, 0..1), (2..3, 1..3), (3..3, 3..5)] {
+            let logp_theta = theta_var
+                .as_tensor()
+                .narrow(0, samples.start, samples.len())
+                .unwrap();
+            let share = SampleLogprobs {
+                logp_theta: &logp_theta,
+                logp_t: &logp_t[samples.clone()],
+                logp_ref: &logp_ref[samples.clone()],
+                winrates: &winrates[samples.clone()],
+            };
+            let reference = token_var
+                .as_tensor()
+                .narrow(0, toks.start, toks.len())
+                .unwrap();
+            let loss = step
+                .add((!samples.is_empty()).then_some(&share), Some(&reference))
+                .unwrap()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            for (acc, var) in [(&mut grad, &theta_var), (&mut token_grad, &token_var)] {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    for (a, g) in acc.iter_mut().zip(g.to_vec1::<f64>().unwrap()) {
+                        *a += g;
+                    }
+                }
+            }
+        }
+        let values = step.finish();
+
+        let dt: Vec<f64> = (0..3).map(|i| theta[i] - logp_t[i]).collect();
+        let dref: Vec<f64> = (0..3).map(|i| theta[i] - logp_ref[i]).collect();
+        let residual: Vec<f64> = (0..3).map(|i| dt[i] - eta * (winrates[i] - 0.5)).collect();
+        let self_play = residual.iter().map(|r| r * r).sum::<f64>() / 3.0;
+        let reverse_kl = 2.0 * dref.iter().map(|d| d * d).sum::<f64>() / 3.0;
+        let forward_kl = 15.5 / 5.0;
+        assert!(rel(values.self_play, self_play) < 1e-12, "{values:?}");
+        assert!(rel(values.terms[0].1, reverse_kl) < 1e-12, "{values:?}");
+        assert_eq!(values.terms[1], ("forward_kl".to_string(), forward_kl));
+        let loss = self_play + rkl * reverse_kl + fkl * forward_kl;
+        assert!(rel(values.loss, loss) < 1e-12, "{values:?}");
+        assert!(rel(values.mean_logratio_t, dt.iter().sum::<f64>() / 3.0) < 1e-12);
+        assert!(rel(values.mean_logratio_ref, dref.iter().sum::<f64>() / 3.0) < 1e-12);
+        for i in 0..3 {
+            let expected = 2.0 / 3.0 * residual[i] + rkl * 4.0 / 3.0 * dref[i];
+            assert!(rel(grad[i], expected) < 1e-12, "{grad:?}");
+        }
+        for g in token_grad {
+            assert!(rel(g, -fkl / 5.0) < 1e-12);
+        }
+        // Without reference tokens a forward_kl step cannot start.
+        assert!(matches!(
+            StepLoss::new(&spec, 3, 0),
+            Err(LossError::ReferenceTokens(_))
+        ));
+        assert!(matches!(
+            StepLoss::new(&spec, 0, 5),
+            Err(LossError::NoSamples)
+        ));
     }
 
     #[test]
@@ -502,20 +797,16 @@ mod tests {
         let x = var.as_tensor();
         let two = [0.0, 0.0];
         assert!(matches!(
-            rspo_loss(x, &[0.0], &two, &two, 0.1, &[], None),
+            rspo_loss(&spec(0.1, &[]), x, &[0.0], &two, &two, None),
             Err(LossError::Length {
                 what: "logp_t",
                 found: 1,
                 expected: 2
             })
         ));
-        assert!(matches!(
-            rspo_loss(x, &two, &two, &two, 0.0, &[], None),
-            Err(LossError::Beta(_))
-        ));
         let empty = Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap();
         assert!(matches!(
-            rspo_loss(&empty, &[], &[], &[], 0.1, &[], None),
+            rspo_loss(&spec(0.1, &[]), &empty, &[], &[], &[], None),
             Err(LossError::LogpShape(_))
         ));
         let twice = [
@@ -523,8 +814,19 @@ mod tests {
             Regularizer::new(Term::ReverseKl, 0.2),
         ];
         assert!(matches!(
-            rspo_loss(x, &two, &two, &two, 0.1, &twice, None),
+            LossSpec::new(0.1, twice.to_vec()),
             Err(LossError::Regularizer(RegularizerError::Duplicate { .. }))
+        ));
+        for beta in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                LossSpec::new(beta, vec![]),
+                Err(LossError::Beta(_))
+            ));
+        }
+        let negative = Regularizer::new(Term::ReverseKl, -0.5);
+        assert!(matches!(
+            LossSpec::new(0.1, vec![negative]),
+            Err(LossError::Regularizer(RegularizerError::BadCoef { .. }))
         ));
         // An infinite term (clip disabled) is reported, not returned as a loss.
         let unclipped = [Regularizer::new(
@@ -533,8 +835,15 @@ mod tests {
             },
             0.1,
         )];
-        let err =
-            rspo_loss(x, &two, &[-1000.0, 0.0], &[0.5, 0.5], 0.1, &unclipped, None).unwrap_err();
+        let err = rspo_loss(
+            &spec(0.1, &unclipped),
+            x,
+            &two,
+            &[-1000.0, 0.0],
+            &[0.5, 0.5],
+            None,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, LossError::NonFinite(ref m) if m.contains("chi2=inf")),
             "{err}"

@@ -26,5 +26,5 @@ pub fn fixture(name: &str) -> PathBuf {
 /// rather than falling back, so a GPU check never silently checks the CPU.
 pub fn test_device() -> Device {
     let spec = std::env::var("RSPO_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
-    rspo::stage::parse_device(&spec).unwrap_or_else(|e| panic!("RSPO_TEST_DEVICE={spec}: {e:#}"))
+    rspo::model::parse_device(&spec).unwrap_or_else(|e| panic!("RSPO_TEST_DEVICE={spec}: {e:#}"))
 }

@@ -1,70 +1,45 @@
-//! `score --judge instructions` also writes constraints.parquet beside scores.parquet: whether
-//! each response satisfies each of its prompt's constraints, so users see which ones fail. The
-//! checks are cheap and deterministic, so they are recomputed here rather than cached.
+//! constraints.parquet, beside scores.parquet for judges that check constraints: whether each
+//! response meets each of its prompt's constraints, so users see which ones fail. The checks
+//! are cheap and deterministic, so they are recomputed rather than cached.
 
-use anyhow::{Context, Result};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
+use anyhow::Result;
 
-use super::context::StageOutput;
-use super::prompt_extras::PromptExtras;
-use super::score::{group_samples, items_of, ScoreJob};
-use crate::data::{read_rows, write_rows, ConstraintRow, FileKind, SampleRow};
-use crate::judge::constraint_outcomes;
+use super::StageOutput;
+use crate::data::{write_rows, ConstraintRow};
+use crate::judge::{Judge, JudgeItem};
 
-/// The constraints file: `constraints.parquet` in the folder of the scores file.
-pub fn constraints_path(scores: &Path) -> PathBuf {
-    scores
-        .parent()
-        .unwrap_or(Path::new(""))
-        .join("constraints.parquet")
-}
-
-/// Writes the pass/fail of every constraint of every sample to `out` (unless it is up to date),
-/// under the same settings (`content`) as the scores.
-pub fn write_constraint_outcomes(job: &ScoreJob, content: &Value, out: &Path) -> Result<()> {
-    let prompts = job
-        .prompts
-        .context("--judge instructions needs --prompts FILE with a `constraints` column")?;
-    let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
-    let groups = group_samples(job.samples, &samples)?;
-    let (prompts_meta, extras) = PromptExtras::read(prompts, groups.iter().map(|g| g.prompt_id))?;
-    let output = StageOutput::new(
-        out,
-        FileKind::Constraints,
-        "score",
-        content,
-        &[(job.samples, &samples_meta), (prompts, &prompts_meta)],
-        &[],
-    )?;
-    if !job.force && output.is_up_to_date() {
-        return Ok(());
-    }
+/// Writes the pass/fail of every constraint of every item (grouped by prompt) to `output`.
+pub(super) fn write_constraint_outcomes(
+    output: &StageOutput,
+    items: &[Vec<JudgeItem>],
+    judge: &Judge,
+) -> Result<()> {
     let mut rows = Vec::new();
-    for g in &groups {
-        for item in items_of(g, &extras) {
-            for o in constraint_outcomes(&item)? {
-                rows.push(ConstraintRow {
-                    prompt_id: item.prompt_id.to_string(),
-                    sample_idx: item.sample_idx,
-                    constraint_idx: o.index,
-                    kind: o.kind,
-                    constraint: o.json,
-                    passed: o.passed,
-                });
-            }
+    for item in items.iter().flatten() {
+        for o in judge.constraint_outcomes(item)? {
+            rows.push(ConstraintRow {
+                prompt_id: item.prompt_id.to_string(),
+                sample_idx: item.sample_idx,
+                constraint_idx: o.index,
+                kind: o.kind,
+                constraint: o.json,
+                passed: o.passed,
+            });
         }
     }
-    write_rows(out, &output.meta, &rows)?;
+    write_rows(&output.path, &output.meta, &rows)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::score::tests::{sample, write_samples, Tmp};
-    use super::super::score::{score, ScoreSettings};
-    use super::*;
-    use crate::data::{FileMeta, Message, PreferenceRow, PromptRow, ScoreRow};
+    use super::super::tests::{sample, write_samples, Tmp};
+    use super::super::{score, ScoreJob, ScoreSettings};
+    use crate::data::{
+        read_rows, write_rows, ConstraintRow, FileKind, FileMeta, Message, PreferenceRow,
+        PromptRow, ScoreRow,
+    };
+    use std::path::Path;
 
     fn write_prompts(path: &Path, constraints: [&str; 2]) {
         let rows: Vec<PromptRow> = ["a", "b"]
@@ -104,12 +79,10 @@ mod tests {
         let prompts = tmp.path("prompts.parquet");
         let lower_no_commas = r#"[{"kind":"lowercase"},{"kind":"no_commas"}]"#;
         write_prompts(&prompts, [lower_no_commas, r#"[{"kind":"json_only"}]"#]);
-        let s = ScoreSettings {
-            judge: "instructions".into(),
-            temperature: 0.5,
-            cache_dir: Some(tmp.path("cache")),
-            ..ScoreSettings::default()
-        };
+        let mut s = ScoreSettings::default();
+        s.judging.judge = "instructions".into();
+        s.judging.cache_dir = Some(tmp.path("cache"));
+        s.temperature = 0.5;
         let run = |out: &Path, force: bool| {
             score(&ScoreJob {
                 samples: &samples,
@@ -189,11 +162,9 @@ mod tests {
             ],
         );
         let prompts = tmp.path("prompts.parquet");
-        let s = ScoreSettings {
-            judge: "instructions".into(),
-            cache_dir: Some(tmp.path("cache")),
-            ..ScoreSettings::default()
-        };
+        let mut s = ScoreSettings::default();
+        s.judging.judge = "instructions".into();
+        s.judging.cache_dir = Some(tmp.path("cache"));
         let out = tmp.path("sub/preferences.parquet");
         let job = |prompts| ScoreJob {
             samples: &samples,

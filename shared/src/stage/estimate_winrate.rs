@@ -17,11 +17,11 @@ use crate::judge::{
     PositionDisagreement, PreferenceMatrix, TwoOrderVerdict,
 };
 
-/// The `[winrate]` section of a pipeline config; flags override it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[winrate]` section of a pipeline file; flags override it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
 pub struct WinrateSettings {
-    /// `sum_{j != i} p_ij / (K - 1)` instead of `(0.5 + sum_{j != i} p_ij) / K`.
+    /// Win rate `sum_{j != i} p_ij / (K - 1)` instead of SPPO's `(0.5 + sum_{j != i} p_ij) / K`.
+    #[arg(long)]
     pub exclude_self: bool,
 }
 

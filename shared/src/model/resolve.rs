@@ -1,0 +1,47 @@
+//! A model as the command line names it (a directory or a Hugging Face Hub id): where its files
+//! are, and its identity for fingerprints.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+use crate::data::{default_cache_dir, model_digest, ModelRef};
+
+/// A model directory, or a Hugging Face Hub id downloaded into the usual cache.
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() {
+        bail!(
+            "model {spec}: not a directory (expected a Hugging Face model directory or a Hub id)"
+        );
+    }
+    crate::hub::download(spec)
+}
+
+/// The model's identity for fingerprints: its weights' digest (cached) and the files that shape
+/// its text (config, tokenizer, chat template).
+pub fn model_ref(dir: &Path) -> Result<ModelRef> {
+    let weights = model_digest(dir, &default_cache_dir())
+        .with_context(|| format!("cannot fingerprint the model {}", dir.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(weights.as_bytes());
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
+        if let Ok(bytes) = std::fs::read(dir.join(name)) {
+            hasher.update(name.as_bytes());
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+        }
+    }
+    Ok(ModelRef {
+        path: dir.display().to_string(),
+        digest: hasher.finalize().to_hex().to_string(),
+    })
+}
