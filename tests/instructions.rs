@@ -170,3 +170,64 @@ fn a_bad_constraint_is_an_error_naming_prompt_and_constraint() {
     );
     assert!(!sc.path("out").exists(), "nothing is written");
 }
+
+/// `evaluate --judge instructions` hands each prompt's constraints to the judge: the tiny policy
+/// against itself ties on every sample; a prompts file without constraints is an error naming a
+/// prompt.
+#[test]
+fn evaluate_judges_with_the_prompts_constraints() {
+    let sc = Scratch::new("instructions-evaluate");
+    let policy = repo("data/models/tiny-policy");
+    let evaluate = |prompts: &Path, out: &Path| {
+        [
+            "--models",
+            s(&policy),
+            "--baseline",
+            s(&policy),
+            "--prompts",
+            s(prompts),
+            "--judge",
+            "instructions",
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            s(out),
+        ]
+        .map(str::to_string)
+    };
+    let prompts = repo("data/prompts/instructions-eval.parquet");
+    let out = sc.path("eval");
+    let args = evaluate(&prompts, &out);
+    ok(
+        &sc,
+        "evaluate",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["judge"], "instructions");
+    assert_eq!(summary["models"][0]["judged"], 128);
+    assert_eq!(summary["models"][0]["win_rate"], 50.0);
+
+    let plain = sc.path("plain.parquet");
+    let rows = vec![PromptRow {
+        prompt_id: "plain".into(),
+        messages: vec![Message::user("Say hi.")],
+        reference: None,
+        constraints: None,
+    }];
+    let meta = FileMeta::new(FileKind::Prompts, "external", "plain-prompts");
+    write_rows(&plain, &meta, &rows).unwrap();
+    let args = evaluate(&plain, &sc.path("eval-plain"));
+    let stderr = fails(
+        &sc,
+        "evaluate",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        stderr.contains("instructions: prompt \"plain\": has no constraints"),
+        "{stderr}"
+    );
+}

@@ -69,7 +69,10 @@ fn main() -> Result<()> {
                 r.preferences.display()
             );
             if let Some(c) = &r.constraints {
-                eprintln!("score: wrote each constraint's pass/fail to {}", c.display());
+                eprintln!(
+                    "score: wrote each constraint's pass/fail to {}",
+                    c.display()
+                );
             }
             let unit = if r.scores.is_some() {
                 "responses"

@@ -113,7 +113,11 @@ impl ScalarJudge for ExactMatchRule {
 
 /// A scalar judge (a rule, `instructions`) as the settings give it, lifted to pairs with their
 /// temperature; `content` its settings for fingerprints.
-pub(super) fn scalar_spec(rule: impl ScalarJudge + 'static, content: Value, temperature: f64) -> JudgeSpec {
+pub(super) fn scalar_spec(
+    rule: impl ScalarJudge + 'static,
+    content: Value,
+    temperature: f64,
+) -> JudgeSpec {
     JudgeSpec {
         content,
         models: vec![],

@@ -240,7 +240,10 @@ impl Outputs {
         let constraints = match &scores {
             Some(scores) if spec.constraint_outcomes => {
                 let dir = scores.path.parent().unwrap_or(Path::new(""));
-                Some(output(&dir.join("constraints.parquet"), FileKind::Constraints)?)
+                Some(output(
+                    &dir.join("constraints.parquet"),
+                    FileKind::Constraints,
+                )?)
             }
             _ => None,
         };

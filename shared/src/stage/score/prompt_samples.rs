@@ -122,8 +122,14 @@ impl PromptColumns {
 }
 
 /// What the judge sees of one prompt's samples.
-pub(super) fn items_of<'a>(g: &PromptSamples<'a>, columns: &'a PromptColumns) -> Vec<JudgeItem<'a>> {
-    let (reference, constraints) = (columns.reference(g.prompt_id), columns.constraints(g.prompt_id));
+pub(super) fn items_of<'a>(
+    g: &PromptSamples<'a>,
+    columns: &'a PromptColumns,
+) -> Vec<JudgeItem<'a>> {
+    let (reference, constraints) = (
+        columns.reference(g.prompt_id),
+        columns.constraints(g.prompt_id),
+    );
     g.rows
         .iter()
         .map(|r| JudgeItem {
