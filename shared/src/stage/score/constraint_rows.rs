@@ -37,9 +37,9 @@ mod tests {
     use super::super::{score, ScoreJob, ScoreSettings};
     use crate::data::{
         read_rows, write_rows, ConstraintRow, FileKind, FileMeta, Message, PreferenceRow,
-        PromptRow, ScoreRow,
+        PromptRow, SampleRow, ScoreRow,
     };
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     fn write_prompts(path: &Path, constraints: [&str; 2]) {
         let rows: Vec<PromptRow> = ["a", "b"]
@@ -63,25 +63,34 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn instructions_scores_the_fraction_met_and_writes_each_constraint() {
-        let tmp = Tmp::new("instructions");
+    /// Two samples of each of prompts a and b (`responses` in that order), and the settings of
+    /// `--judge instructions`.
+    fn setup(name: &str, responses: [&str; 4]) -> (Tmp, PathBuf, ScoreSettings) {
+        let tmp = Tmp::new(name);
         let samples = tmp.path("samples.parquet");
-        write_samples(
-            &samples,
-            &[
-                sample("a", 0, "all lowercase here"),
-                sample("a", 1, "Has Capitals, and commas"),
-                sample("b", 0, "```json\n{\"x\": 1}\n```"),
-                sample("b", 1, "not json"),
-            ],
-        );
-        let prompts = tmp.path("prompts.parquet");
-        let lower_no_commas = r#"[{"kind":"lowercase"},{"kind":"no_commas"}]"#;
-        write_prompts(&prompts, [lower_no_commas, r#"[{"kind":"json_only"}]"#]);
+        let keys = [("a", 0), ("a", 1), ("b", 0), ("b", 1)];
+        let rows: Vec<SampleRow> = (keys.iter().zip(responses))
+            .map(|(&(id, i), r)| sample(id, i, r))
+            .collect();
+        write_samples(&samples, &rows);
         let mut s = ScoreSettings::default();
         s.judging.judge = "instructions".into();
         s.judging.cache_dir = Some(tmp.path("cache"));
+        (tmp, samples, s)
+    }
+
+    #[test]
+    fn instructions_scores_the_fraction_met_and_writes_each_constraint() {
+        let responses = [
+            "all lowercase here",
+            "Has Capitals, and commas",
+            "```json\n{\"x\": 1}\n```",
+            "not json",
+        ];
+        let (tmp, samples, mut s) = setup("instructions", responses);
+        let prompts = tmp.path("prompts.parquet");
+        let lower_no_commas = r#"[{"kind":"lowercase"},{"kind":"no_commas"}]"#;
+        write_prompts(&prompts, [lower_no_commas, r#"[{"kind":"json_only"}]"#]);
         s.temperature = 0.5;
         let run = |out: &Path, force: bool| {
             score(&ScoreJob {
@@ -150,21 +159,8 @@ mod tests {
 
     #[test]
     fn bad_or_missing_constraints_fail_before_anything_is_written() {
-        let tmp = Tmp::new("instructions-bad");
-        let samples = tmp.path("samples.parquet");
-        write_samples(
-            &samples,
-            &[
-                sample("a", 0, "x"),
-                sample("a", 1, "y"),
-                sample("b", 0, "x"),
-                sample("b", 1, "y"),
-            ],
-        );
+        let (tmp, samples, s) = setup("instructions-bad", ["x", "y", "x", "y"]);
         let prompts = tmp.path("prompts.parquet");
-        let mut s = ScoreSettings::default();
-        s.judging.judge = "instructions".into();
-        s.judging.cache_dir = Some(tmp.path("cache"));
         let out = tmp.path("sub/preferences.parquet");
         let job = |prompts| ScoreJob {
             samples: &samples,
@@ -180,31 +176,23 @@ mod tests {
             "{msg}"
         );
 
-        write_prompts(
-            &prompts,
-            [
-                r#"[{"kind":"lowercase"}]"#,
+        for (b, want) in [
+            (
                 r#"[{"kind":"no_commas"},{"kind":"all_caps"}]"#,
-            ],
-        );
-        let msg = format!("{:#}", score(&job(Some(&prompts))).unwrap_err());
-        assert!(
-            msg.contains("instructions: prompt \"b\": constraints[1] {\"kind\":\"all_caps\"}")
-                && msg.contains("unknown variant `all_caps`"),
-            "{msg}"
-        );
-        write_prompts(
-            &prompts,
-            [
-                r#"[{"kind":"lowercase"}]"#,
+                [
+                    "instructions: prompt \"b\": constraints[1] {\"kind\":\"all_caps\"}",
+                    "unknown variant `all_caps`",
+                ],
+            ),
+            (
                 r#"[{"kind":"word_count","at_least":9,"at_most":3}]"#,
-            ],
-        );
-        let msg = format!("{:#}", score(&job(Some(&prompts))).unwrap_err());
-        assert!(
-            msg.contains("prompt \"b\": constraints[0]") && msg.contains("at_least 9 > at_most 3"),
-            "{msg}"
-        );
+                ["prompt \"b\": constraints[0]", "at_least 9 > at_most 3"],
+            ),
+        ] {
+            write_prompts(&prompts, [r#"[{"kind":"lowercase"}]"#, b]);
+            let msg = format!("{:#}", score(&job(Some(&prompts))).unwrap_err());
+            assert!(want.iter().all(|w| msg.contains(w)), "{msg}");
+        }
         assert!(!tmp.path("sub").exists(), "nothing is written on bad input");
     }
 }
