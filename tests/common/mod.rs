@@ -95,3 +95,18 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .expect("tensors of one shape")
 }
+
+/// A prompts file of one user turn per text, with ids `p0`, `p1`, ...
+pub fn write_prompts(path: &Path, texts: &[&str]) {
+    let rows: Vec<rspo::data::PromptRow> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| rspo::data::PromptRow {
+            prompt_id: format!("p{i}"),
+            messages: vec![rspo::data::Message::user(*t)],
+            reference: None,
+        })
+        .collect();
+    let meta = rspo::data::FileMeta::new(rspo::data::FileKind::Prompts, "test", "prompts");
+    rspo::data::write_rows(path, &meta, &rows).unwrap();
+}

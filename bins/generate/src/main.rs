@@ -34,7 +34,7 @@ enum Command {
 
 #[derive(Args)]
 struct SampleArgs {
-    /// Policy: a Hugging Face model directory or Hub id.
+    /// Policy: a Hugging Face model directory, Hub id or GGUF file.
     #[arg(long, value_name = "DIR_OR_HUB_ID")]
     model: String,
     /// Prompts: Parquet with `prompt` (one user turn) or `messages`, optional `prompt_id`.
@@ -57,7 +57,7 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct LogprobsArgs {
-    /// The model whose log-probs are computed (directory or Hub id).
+    /// The model whose log-probs are computed (directory, Hub id or GGUF file).
     #[arg(long, value_name = "DIR_OR_HUB_ID")]
     model: String,
     /// samples.parquet from `generate sample`.

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// The policy pi_t being trained: a Hugging Face model directory or Hub id.
+    /// The policy pi_t being trained: a Hugging Face model directory, Hub id or GGUF file.
     #[arg(long)]
     policy: String,
     /// samples.parquet of the policy (`generate sample`).

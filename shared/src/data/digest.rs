@@ -1,5 +1,5 @@
 //! Content digests of files and models. A model's digest is blake3 over its `*.safetensors`
-//! weight files; each file's digest is cached outside the model directory (which may be
+//! weight files (or its GGUF file); each file's digest is cached outside the model directory (which may be
 //! read-only) keyed by canonical path, size and modification time, so multi-GB weights are hashed
 //! once.
 
@@ -108,19 +108,29 @@ pub fn cached_file_digest(path: &Path, cache_dir: &Path) -> Result<String, DataE
     Ok(entry.digest)
 }
 
-/// The weight files of a model directory: its `*.safetensors` files, sorted by file name.
+/// The weight files of a model directory: its `*.safetensors` files, sorted by file name, or
+/// without any, its `*.gguf` file. A GGUF model given as the file itself is its own weights.
 pub fn weight_files(model_dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let has_ext = |path: &Path, ext: &str| path.extension().is_some_and(|e| e == ext);
+    if model_dir.is_file() && has_ext(model_dir, "gguf") {
+        return Ok(vec![model_dir.to_path_buf()]);
+    }
     let entries =
         fs::read_dir(model_dir).map_err(|e| DataError::io(model_dir, "cannot list", e))?;
     let mut files = Vec::new();
+    let mut gguf = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| DataError::io(model_dir, "cannot list", e))?;
         let path = entry.path();
-        let is_weights = path.extension().is_some_and(|ext| ext == "safetensors");
         // `is_file` follows symlinks, as in the Hugging Face hub cache.
-        if is_weights && path.is_file() {
+        if has_ext(&path, "safetensors") && path.is_file() {
             files.push(path);
+        } else if has_ext(&path, "gguf") && path.is_file() {
+            gguf.push(path);
         }
+    }
+    if files.is_empty() {
+        files = gguf;
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     if files.is_empty() {

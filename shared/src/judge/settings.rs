@@ -17,7 +17,7 @@ pub struct JudgeSettings {
     /// The judge (`--help` lists them).
     #[arg(long, default_value = "reward-model", long_help = judge_flag_help())]
     pub judge: String,
-    /// reward-model, pairrm: the judge's model, a Hugging Face directory or Hub id.
+    /// reward-model, pairrm: the judge's model, a Hugging Face directory, Hub id or GGUF file.
     #[arg(long, value_name = "DIR_OR_HUB_ID")]
     pub judge_model: Option<String>,
     /// rule:length: the ideal response length in characters.

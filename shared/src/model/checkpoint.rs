@@ -8,11 +8,13 @@ use tokenizers::Tokenizer;
 
 use super::chat_template::ChatTemplate;
 use super::config::ModelConfig;
+use super::gguf::{gguf_file, GgufModel};
 use super::transformer::Transformer;
 use super::weights::{weight_files, Weights};
 use super::{ModelError, Result};
 
 pub struct Checkpoint {
+    /// The model directory, or the GGUF file.
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
@@ -20,6 +22,19 @@ pub struct Checkpoint {
     /// Tokens that end a response: the config's and generation config's EOS ids, and the
     /// tokenizer's EOS token.
     pub stop_tokens: Vec<u32>,
+}
+
+/// The `eos_token_id` of a generation config: a number or a list.
+fn eos_ids(gen: &Value) -> Vec<u32> {
+    match gen.get("eos_token_id") {
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|n| n as u32)
+            .collect(),
+        _ => vec![],
+    }
 }
 
 fn require(dir: &Path, name: &str, expected: &str) -> Result<PathBuf> {
@@ -37,13 +52,17 @@ fn require(dir: &Path, name: &str, expected: &str) -> Result<PathBuf> {
 
 impl Checkpoint {
     /// Opens a model directory, checking that every file a stage needs is there (weights are
-    /// read later, by `load_model`).
+    /// read later, by `load_model`). A `.gguf` file, or a folder holding one, opens as the
+    /// equivalent Hugging Face model.
     pub fn open(dir: &Path) -> Result<Self> {
+        if let Some(file) = gguf_file(dir)? {
+            return Self::open_gguf(&file);
+        }
         if !dir.is_dir() {
             return Err(ModelError::MissingFile {
                 dir: dir.to_path_buf(),
                 what: "model directory".into(),
-                expected: "a Hugging Face model directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json)".into(),
+                expected: "a Hugging Face model directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) or a .gguf file".into(),
             });
         }
         let config = ModelConfig::from_file(&require(dir, "config.json", "the model config")?)?;
@@ -67,13 +86,7 @@ impl Checkpoint {
                 path: gen_path.clone(),
                 message: e.to_string(),
             })?;
-            match gen.get("eos_token_id") {
-                Some(Value::Number(n)) => stop_tokens.extend(n.as_u64().map(|n| n as u32)),
-                Some(Value::Array(a)) => {
-                    stop_tokens.extend(a.iter().filter_map(Value::as_u64).map(|n| n as u32))
-                }
-                _ => {}
-            }
+            stop_tokens.extend(eos_ids(&gen));
         }
         if let Ok(text) = std::fs::read_to_string(&tc_path) {
             if let Ok(tc) = serde_json::from_str::<Value>(&text) {
@@ -94,6 +107,49 @@ impl Checkpoint {
 
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            chat_template,
+            stop_tokens,
+        })
+    }
+
+    /// A GGUF file as the Hugging Face model its metadata describes (see `gguf.rs`).
+    fn open_gguf(file: &Path) -> Result<Self> {
+        let gguf = GgufModel::open(file)?;
+        let at_file = |e: ModelError| match e {
+            ModelError::Config { message, .. } => ModelError::Config {
+                path: file.to_path_buf(),
+                message,
+            },
+            other => other,
+        };
+        let config = ModelConfig::from_json(&gguf.config_json()?.to_string()).map_err(at_file)?;
+        let tokenizer_json = serde_json::to_vec(&gguf.tokenizer_json()?).unwrap_or_default();
+        let tokenizer =
+            Tokenizer::from_bytes(tokenizer_json).map_err(|e| ModelError::Tokenizer {
+                path: file.to_path_buf(),
+                message: format!("the tokenizer built from tokenizer.ggml.*: {e}"),
+            })?;
+        let tc = gguf.tokenizer_config_json()?;
+        let token = |k: &str| tc[k].as_str().unwrap_or_default().to_string();
+        let chat_template = match gguf.chat_template() {
+            Some(source) => Some(ChatTemplate::new(
+                &source,
+                file,
+                token("bos_token"),
+                token("eos_token"),
+                token("unk_token"),
+                token("pad_token"),
+            )?),
+            None => None,
+        };
+        let mut stop_tokens = config.eos_token_ids.clone();
+        stop_tokens.extend(eos_ids(&gguf.generation_config_json()));
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
+        Ok(Checkpoint {
+            dir: file.to_path_buf(),
             config,
             tokenizer,
             chat_template,

@@ -2,11 +2,11 @@
 //! step; a row that reaches a stop token or its length limit leaves the batch (and the cache),
 //! so finished rows stop costing compute.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::sync::Arc;
 
+use super::device_sampling::sample_on_device;
 use super::kv_cache::KvCache;
 use super::sampling::{raw_logprob, sample, RowRng, SamplingParams};
 use super::transformer::Transformer;
@@ -35,6 +35,28 @@ pub struct GenerationOutput {
     pub sample_logprob: f64,
 }
 
+/// Where the next token is chosen each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampler {
+    /// Logits come to the host and each row samples in parallel there (`sampling.rs`): on the
+    /// CPU nothing is copied and this is the fastest.
+    Host,
+    /// Tensor ops on the model's device (`device_sampling.rs`); only the chosen ids and their
+    /// log-probs cross to the host. Same ids as `Host` for the same seeds.
+    Device,
+}
+
+impl Sampler {
+    /// `Host` on the CPU, `Device` elsewhere.
+    pub fn for_device(dev: &Device) -> Self {
+        if dev.is_cpu() {
+            Sampler::Host
+        } else {
+            Sampler::Device
+        }
+    }
+}
+
 /// Decodes every request; `on_step(tokens)` is told how many tokens each step produced.
 pub fn generate(
     model: &Transformer,
@@ -42,6 +64,28 @@ pub fn generate(
     params: &SamplingParams,
     max_new_tokens: usize,
     stop_tokens: &[u32],
+    on_step: impl FnMut(usize),
+) -> Result<Vec<GenerationOutput>> {
+    let sampler = Sampler::for_device(model.device());
+    generate_with(
+        model,
+        requests,
+        params,
+        max_new_tokens,
+        stop_tokens,
+        sampler,
+        on_step,
+    )
+}
+
+/// [`generate`] with the sampler chosen by the caller.
+pub fn generate_with(
+    model: &Transformer,
+    requests: &[GenerationRequest],
+    params: &SamplingParams,
+    max_new_tokens: usize,
+    stop_tokens: &[u32],
+    sampler: Sampler,
     mut on_step: impl FnMut(usize),
 ) -> Result<Vec<GenerationOutput>> {
     let limit = model.cfg.max_position_embeddings;
@@ -53,25 +97,6 @@ pub fn generate(
             });
         }
     }
-    let dev = model.device().clone();
-    let layers = model.cfg.num_hidden_layers;
-
-    // Prefill each distinct prompt alone: a row's numbers never depend on its batch, and the K
-    // samples of a prompt share one prefill.
-    let mut prefilled: HashMap<&[u32], (KvCache, Arc<[f32]>)> = HashMap::new();
-    for r in requests {
-        if prefilled.contains_key(r.prompt_ids.as_slice()) {
-            continue;
-        }
-        let mut cache = KvCache::new(layers, vec![0]);
-        let ids = Tensor::new(r.prompt_ids.as_slice(), &dev)?.unsqueeze(0)?;
-        let hidden = model.forward_hidden(&ids, &mut cache)?;
-        let last = hidden.narrow(1, r.prompt_ids.len() - 1, 1)?;
-        let logits = model.logits(&last)?.to_dtype(DType::F32)?.flatten_all()?;
-        let logits: Arc<[f32]> = logits.to_vec1::<f32>()?.into();
-        prefilled.insert(r.prompt_ids.as_slice(), (cache, logits));
-    }
-
     let mut outputs: Vec<GenerationOutput> = requests
         .iter()
         .map(|_| GenerationOutput {
@@ -90,26 +115,21 @@ pub fn generate(
         .filter(|&i| budget[i] > 0)
         .map(|i| (i, RowRng::new(requests[i].seed)))
         .collect();
-    let row_caches: Vec<KvCache> = active
+    if active.is_empty() {
+        return Ok(outputs);
+    }
+    let rows: Vec<&[u32]> = active
         .iter()
-        .map(|&(i, _)| prefilled[requests[i].prompt_ids.as_slice()].0.clone())
+        .map(|&(i, _)| requests[i].prompt_ids.as_slice())
         .collect();
-    let mut cache = KvCache::stack(&row_caches)?;
-    let mut logits: Vec<Arc<[f32]>> = active
-        .iter()
-        .map(|&(i, _)| prefilled[requests[i].prompt_ids.as_slice()].1.clone())
-        .collect();
-    drop(prefilled);
+    let (mut cache, mut logits) = prefill(model, &rows)?;
+    // Room for every column the longest row can reach: each step writes in place.
+    let longest = active.iter().map(|&(i, _)| budget[i]).max().unwrap_or(0);
+    cache.reserve(cache.len() + longest)?;
+    let dev = model.device().clone();
 
-    while !active.is_empty() {
-        let picks: Vec<(u32, f64)> = logits
-            .par_iter()
-            .zip(active.par_iter_mut())
-            .map(|(row, (_, rng))| {
-                let tok = sample(row, params, rng);
-                (tok, raw_logprob(row, tok))
-            })
-            .collect();
+    loop {
+        let picks = choose(&logits, &mut active, params, sampler)?;
         on_step(picks.len());
 
         let mut keep_rows = Vec::with_capacity(active.len());
@@ -140,14 +160,60 @@ pub fn generate(
         active = kept;
         let input = Tensor::from_vec(next, (active.len(), 1), &dev)?;
         let hidden = model.forward_hidden(&input, &mut cache)?;
-        logits = model
-            .logits(&hidden)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?
-            .into_iter()
-            .map(Arc::from)
-            .collect();
+        logits = model.logits(&hidden)?.squeeze(1)?;
     }
     Ok(outputs)
+}
+
+/// Prefills each distinct prompt alone (a row's numbers never depend on its batch, and the K
+/// samples of a prompt share one prefill) and joins them into one left-padded batch: the cache
+/// and the next-token logits (rows, vocab), in `rows` order.
+fn prefill(model: &Transformer, rows: &[&[u32]]) -> Result<(KvCache, Tensor)> {
+    let dev = model.device();
+    let mut prefilled: HashMap<&[u32], (KvCache, Tensor)> = HashMap::new();
+    for &prompt in rows {
+        if prefilled.contains_key(prompt) {
+            continue;
+        }
+        let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
+        let ids = Tensor::new(prompt, dev)?.unsqueeze(0)?;
+        let hidden = model.forward_hidden(&ids, &mut cache)?;
+        let last = hidden.narrow(1, prompt.len() - 1, 1)?;
+        let logits = model.logits(&last)?.squeeze(1)?;
+        prefilled.insert(prompt, (cache, logits));
+    }
+    let caches: Vec<KvCache> = rows.iter().map(|p| prefilled[p].0.clone()).collect();
+    let logits: Vec<&Tensor> = rows.iter().map(|p| &prefilled[p].1).collect();
+    Ok((KvCache::stack(&caches)?, Tensor::cat(&logits, 0)?))
+}
+
+/// Each row's next token and its raw log-prob, from logits (rows, vocab). A sampling row draws
+/// one uniform number from its stream per step, wherever the choice is made.
+fn choose(
+    logits: &Tensor,
+    active: &mut [(usize, RowRng)],
+    params: &SamplingParams,
+    sampler: Sampler,
+) -> Result<Vec<(u32, f64)>> {
+    match sampler {
+        Sampler::Host => {
+            let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            Ok(rows
+                .par_iter()
+                .zip(active.par_iter_mut())
+                .map(|(row, (_, rng))| {
+                    let tok = sample(row, params, rng);
+                    (tok, raw_logprob(row, tok))
+                })
+                .collect())
+        }
+        Sampler::Device => {
+            let uniforms: Vec<f64> = if params.temperature > 0.0 {
+                active.iter_mut().map(|(_, rng)| rng.uniform()).collect()
+            } else {
+                Vec::new()
+            };
+            sample_on_device(logits, params, &uniforms)
+        }
+    }
 }

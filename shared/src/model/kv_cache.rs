@@ -1,17 +1,29 @@
 //! The key/value cache of a left-padded batch. It also owns the batch layout (each row's left
 //! padding and the number of columns so far), from which positions and attention masks follow.
+//!
+//! Decoding reserves room for every column up front (`reserve`): each step then writes its
+//! keys and values into the preallocated buffers in place and attention reads a narrowed view,
+//! so no step allocates cache-sized tensors. Without a reservation (one-shot forwards, training)
+//! the cache grows by concatenation.
 
 use candle_core::{Device, Tensor};
 
 use super::Result;
 
+/// Cloning shares the tensors: a reserved cache's clones share its buffers, so only one of
+/// them may be appended to.
 #[derive(Clone)]
 pub struct KvCache {
+    /// Per layer (keys, values), (rows', kv_heads, columns', head_dim): the first `rows()` rows
+    /// and `len` columns are live; a reserved cache has more columns (and, after rows left,
+    /// more rows) than that.
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Per row: how many leading columns are padding.
     pad: Vec<usize>,
     /// Columns seen so far (padding included).
     len: usize,
+    /// Columns reserved in place (0: none).
+    capacity: usize,
 }
 
 impl KvCache {
@@ -21,7 +33,62 @@ impl KvCache {
             layers: vec![None; num_layers],
             pad,
             len: 0,
+            capacity: 0,
         }
+    }
+
+    /// Preallocates room for `capacity` columns in every layer (the columns so far are copied
+    /// in once; a layer without keys yet gets its buffer at its first `append`). Later `append`s
+    /// write in place.
+    pub fn reserve(&mut self, capacity: usize) -> Result<()> {
+        if capacity <= self.len.max(self.capacity) {
+            return Ok(());
+        }
+        let (rows, len) = (self.rows(), self.len);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = reserved(&k.narrow(0, 0, rows)?.narrow(2, 0, len)?, capacity, 0)?;
+            *v = reserved(&v.narrow(0, 0, rows)?.narrow(2, 0, len)?, capacity, 0)?;
+        }
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Adds layer `i`'s keys and values (rows, kv_heads, t, head_dim) for the next `t` columns
+    /// and returns the layer's keys and values so far (rows, kv_heads, len + t, head_dim). With
+    /// room reserved and no gradient to track they are written in place and the result is a
+    /// view of the buffers; otherwise the cache grows by concatenation.
+    pub(crate) fn append(&mut self, i: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (rows, past, t) = (self.rows(), self.len, k.dim(2)?);
+        let in_place = past + t <= self.capacity && !k.track_op() && !v.track_op();
+        let layer = &mut self.layers[i];
+        if in_place && layer.is_none() {
+            *layer = Some((
+                reserved(k, self.capacity, past)?,
+                reserved(v, self.capacity, past)?,
+            ));
+        } else if in_place {
+            if let Some((kb, vb)) = layer.as_ref() {
+                kb.narrow(0, 0, rows)?
+                    .slice_set(&k.contiguous()?, 2, past)?;
+                vb.narrow(0, 0, rows)?
+                    .slice_set(&v.contiguous()?, 2, past)?;
+            }
+        } else {
+            let grown = match layer.take() {
+                Some((pk, pv)) => {
+                    let live = |b: &Tensor| b.narrow(0, 0, rows)?.narrow(2, 0, past);
+                    (
+                        Tensor::cat(&[&live(&pk)?, k], 2)?,
+                        Tensor::cat(&[&live(&pv)?, v], 2)?,
+                    )
+                }
+                None => (k.clone(), v.clone()),
+            };
+            *layer = Some(grown);
+        }
+        let (kb, vb) = layer.as_ref().expect("set above");
+        let view = |b: &Tensor| b.narrow(0, 0, rows)?.narrow(2, 0, past + t);
+        Ok((view(kb)?, view(vb)?))
     }
 
     pub fn len(&self) -> usize {
@@ -44,10 +111,6 @@ impl KvCache {
         self.pad.iter().copied().min().unwrap_or(0)
     }
 
-    pub(crate) fn layer_mut(&mut self, i: usize) -> &mut Option<(Tensor, Tensor)> {
-        &mut self.layers[i]
-    }
-
     pub(crate) fn advance(&mut self, t: usize) {
         self.len += t;
     }
@@ -56,6 +119,9 @@ impl KvCache {
     pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
         if rows.len() == self.rows() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
+        }
+        if self.capacity > 0 && rows.windows(2).all(|w| w[0] < w[1]) {
+            return self.compact_rows(rows);
         }
         let dev = self
             .layers
@@ -79,7 +145,7 @@ impl KvCache {
         self.pad = rows.iter().map(|&r| self.pad[r]).collect();
         // Columns that are padding for every remaining row can go.
         let drop = self.min_pad();
-        if drop > 0 {
+        if drop > 0 && self.capacity == 0 {
             for layer in self.layers.iter_mut().flatten() {
                 let keep = layer.0.dim(2)? - drop;
                 *layer = (
@@ -90,6 +156,24 @@ impl KvCache {
             self.pad.iter_mut().for_each(|p| *p -= drop);
             self.len -= drop;
         }
+        Ok(())
+    }
+
+    /// Moves the kept rows (ascending) to the front of the reserved buffers, one row at a time:
+    /// row i's source is at or after i, so nothing is overwritten before it moves. The padding
+    /// columns stay (the buffers keep their shape).
+    fn compact_rows(&mut self, rows: &[usize]) -> Result<()> {
+        for (i, &r) in rows.iter().enumerate() {
+            if r == i {
+                continue;
+            }
+            for (k, v) in self.layers.iter().flatten() {
+                for b in [k, v] {
+                    b.slice_set(&b.narrow(0, r, 1)?.copy()?, 0, i)?;
+                }
+            }
+        }
+        self.pad = rows.iter().map(|&r| self.pad[r]).collect();
         Ok(())
     }
 
@@ -120,6 +204,14 @@ impl KvCache {
     }
 }
 
+/// A zeroed (rows, heads, capacity, head_dim) buffer holding `t` from column `at` on.
+fn reserved(t: &Tensor, capacity: usize, at: usize) -> Result<Tensor> {
+    let (rows, h, _, d) = t.dims4()?;
+    let buf = Tensor::zeros((rows, h, capacity, d), t.dtype(), t.device())?;
+    buf.slice_set(&t.contiguous()?, 2, at)?;
+    Ok(buf)
+}
+
 impl KvCache {
     /// Joins single-row caches (no padding) into one left-padded batch cache.
     pub fn stack(rows: &[KvCache]) -> Result<Self> {
@@ -134,6 +226,7 @@ impl KvCache {
                 let Some((k, v)) = &c.layers[l] else {
                     return Ok(KvCache::new(num_layers, pad));
                 };
+                let (k, v) = (&k.narrow(2, 0, c.len)?, &v.narrow(2, 0, c.len)?);
                 let left = |t: &Tensor| -> Result<Tensor> {
                     if p == 0 {
                         return Ok(t.clone());
@@ -151,6 +244,69 @@ impl KvCache {
             layers,
             pad,
             len: total,
+            capacity: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn step(rows: usize, t: usize, seed: f64) -> Tensor {
+        Tensor::arange(0f32, (rows * 2 * t * 4) as f32, &Device::Cpu)
+            .unwrap()
+            .affine(0.01, seed)
+            .unwrap()
+            .reshape((rows, 2, t, 4))
+            .unwrap()
+    }
+
+    #[test]
+    fn reserved_cache_writes_in_place_and_reads_what_concatenation_gives() {
+        let mut grown = KvCache::new(1, vec![0, 1, 0]);
+        let mut reserved = KvCache::new(1, vec![0, 1, 0]);
+        let (k0, v0) = (step(3, 5, 0.0), step(3, 5, 1.0));
+        grown.append(0, &k0, &v0).unwrap();
+        reserved.append(0, &k0, &v0).unwrap();
+        grown.advance(5);
+        reserved.advance(5);
+        reserved.reserve(9).unwrap();
+        let buffer = reserved.layers[0].as_ref().unwrap().0.id();
+        for s in 0..4 {
+            let (k, v) = (
+                step(grown.rows(), 1, s as f64),
+                step(grown.rows(), 1, -(s as f64)),
+            );
+            let a = grown.append(0, &k, &v).unwrap();
+            let b = reserved.append(0, &k, &v).unwrap();
+            grown.advance(1);
+            reserved.advance(1);
+            for (x, y) in [(&a.0, &b.0), (&a.1, &b.1)] {
+                assert_eq!(x.dims(), y.dims());
+                let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(
+                    diff.to_dtype(DType::F32)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap(),
+                    0.0
+                );
+            }
+            // The reserved buffers are the same tensors throughout: written in place.
+            assert_eq!(reserved.layers[0].as_ref().unwrap().0.id(), buffer);
+            if s == 1 {
+                // Row 1 finishes: both caches keep rows 0 and 2.
+                grown.retain_rows(&[0, 2]).unwrap();
+                reserved.retain_rows(&[0, 2]).unwrap();
+                assert_eq!(reserved.layers[0].as_ref().unwrap().0.id(), buffer);
+            }
+        }
+        assert_eq!(reserved.len(), 9);
+        // Past the reservation the cache grows by concatenation again.
+        let (k, v) = (step(2, 1, 9.0), step(2, 1, 9.0));
+        let (k_all, _) = reserved.append(0, &k, &v).unwrap();
+        assert_eq!(k_all.dims(), &[2, 2, 10, 4]);
     }
 }

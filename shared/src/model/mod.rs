@@ -1,6 +1,7 @@
 //! Hugging Face checkpoints and the one differentiable transformer every stage runs.
 //!
-//! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template).
+//! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template), or a GGUF
+//!   file read as the equivalent one ([`GgufModel`]).
 //! - [`Transformer`]: the Llama-family decoder with a causal-LM or reward head.
 //! - [`teacher_forced_logprobs`]: per-token log-probs of responses, chunked over the vocabulary.
 //! - [`resolve_model`], [`model_ref`], [`parse_device`], [`dtype_for`]: a model as the command
@@ -10,9 +11,12 @@ mod chat_template;
 mod checkpoint;
 mod config;
 mod device;
+mod device_sampling;
 mod error;
 mod fused;
 mod generation;
+mod gguf;
+mod gguf_tokenizer;
 mod kv_cache;
 mod logprobs;
 pub mod ops;
@@ -26,8 +30,12 @@ pub use chat_template::ChatTemplate;
 pub use checkpoint::Checkpoint;
 pub use config::{Arch, Head, ModelConfig, RopeScaling};
 pub use device::{dtype_for, dtype_name, parse_device};
+pub use device_sampling::sample_on_device;
 pub use error::{ModelError, Result};
-pub use generation::{generate, Finish, GenerationOutput, GenerationRequest};
+pub use generation::{
+    generate, generate_with, Finish, GenerationOutput, GenerationRequest, Sampler,
+};
+pub use gguf::{gguf_file, GgufModel};
 pub use kv_cache::KvCache;
 pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,

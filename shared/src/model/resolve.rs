@@ -1,4 +1,4 @@
-//! A model as the command line names it (a directory or a Hugging Face Hub id): where its files
+//! A model as the command line names it (a directory, a GGUF file or a Hugging Face Hub id): where its files
 //! are, and its identity for fingerprints.
 
 use anyhow::{bail, Context, Result};
@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{default_cache_dir, model_digest, ModelRef};
 
-/// A model directory, or a Hugging Face Hub id downloaded into the usual cache.
+/// A model directory, a GGUF file, or a Hugging Face Hub id downloaded into the usual cache.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
-    if path.is_dir() {
+    if path.is_dir() || super::gguf_file(path)?.is_some() {
         return Ok(path.to_path_buf());
     }
     if path.exists() {
         bail!(
-            "model {spec}: not a directory (expected a Hugging Face model directory or a Hub id)"
+            "model {spec}: not a directory or a .gguf file (expected a Hugging Face model \
+             directory, a GGUF file or a Hub id)"
         );
     }
     crate::hub::download(spec)

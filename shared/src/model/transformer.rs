@@ -188,7 +188,9 @@ impl Attention {
         })
     }
 
-    /// `x`: (b, t, hidden); `mask`: additive (b, 1, t, past + t); returns (b, t, hidden).
+    /// `x`: (b, t, hidden); `mask`: additive (b, 1, t, past + t); `layer`: this layer's index
+    /// in `cache`; returns (b, t, hidden).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
@@ -197,7 +199,8 @@ impl Attention {
         mask: &Tensor,
         pads: &[usize],
         window: Option<usize>,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut KvCache,
+        layer: usize,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
@@ -223,32 +226,12 @@ impl Attention {
         let k = ops::rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
         let v = v.transpose(1, 2)?.contiguous()?;
 
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = cache.append(layer, &k, &v)?;
 
         let n_rep = self.num_heads / self.num_kv_heads;
         let scale = 1.0 / (d as f64).sqrt();
         let y = if t == 1 && !q.track_op() {
-            // Decoding: each row attends over exactly its own real (and in-window) columns, so
-            // its numbers are those it gets alone, whatever else is in the batch.
-            let total = k.dim(2)?;
-            let mut rows = Vec::with_capacity(b);
-            for (r, &pad) in pads.iter().enumerate() {
-                let start = match window {
-                    Some(w) => pad.max(total.saturating_sub(w)),
-                    None => pad,
-                };
-                let kr = repeat_kv(&k.narrow(0, r, 1)?.narrow(2, start, total - start)?, n_rep)?;
-                let vr = repeat_kv(&v.narrow(0, r, 1)?.narrow(2, start, total - start)?, n_rep)?;
-                let scores = (q.narrow(0, r, 1)?.matmul(&kr.t()?)? * scale)?;
-                let scores = scores.to_dtype(ops::at_least_f32(scores.dtype()))?;
-                let probs = ops::softmax_last_dim(&scores)?.to_dtype(vr.dtype())?;
-                rows.push(probs.matmul(&vr)?);
-            }
-            Tensor::cat(&rows, 0)?
+            self.decode_step(&q, &k, &v, mask, pads, window, scale)?
         } else {
             // Grouped-query attention: each key/value head serves `n_rep` query heads.
             let k = repeat_kv(&k, n_rep)?;
@@ -264,6 +247,64 @@ impl Attention {
         };
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * d))?;
         Ok(self.o_proj.forward(&y)?)
+    }
+}
+
+impl Attention {
+    /// One decoding column: `q` (b, heads, 1, d) against the cache's keys and values (b,
+    /// kv_heads, past + 1, d), which may be views of its preallocated buffers. Each key/value head
+    /// serves its `n_rep` query heads as one (n_rep, d) block, so nothing cache-sized is copied.
+    /// On the CPU each row attends over exactly its own real (and in-window) columns, so its
+    /// numbers are those it gets alone, whatever else is in the batch; elsewhere the batch runs
+    /// as one masked product, which keeps a GPU busy.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_step(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        pads: &[usize],
+        window: Option<usize>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let (b, _, _, d) = q.dims4()?;
+        let groups = |x: &Tensor, rows: usize| {
+            x.reshape((
+                rows,
+                self.num_kv_heads,
+                self.num_heads / self.num_kv_heads,
+                d,
+            ))
+        };
+        let attend =
+            |q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
+                let scores = (q.matmul(&k.t()?)? * scale)?;
+                let wide = ops::at_least_f32(scores.dtype());
+                let mut scores = scores.to_dtype(wide)?;
+                if let Some(m) = mask {
+                    scores = scores.broadcast_add(&m.to_dtype(wide)?)?;
+                }
+                let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+                Ok(probs.matmul(v)?)
+            };
+        if !q.device().is_cpu() {
+            let y = attend(&groups(q, b)?, k, v, Some(mask))?;
+            return Ok(y.reshape((b, self.num_heads, 1, d))?);
+        }
+        let total = k.dim(2)?;
+        let mut rows = Vec::with_capacity(b);
+        for (r, &pad) in pads.iter().enumerate() {
+            let start = match window {
+                Some(w) => pad.max(total.saturating_sub(w)),
+                None => pad,
+            };
+            let kr = k.narrow(0, r, 1)?.narrow(2, start, total - start)?;
+            let vr = v.narrow(0, r, 1)?.narrow(2, start, total - start)?;
+            let y = attend(&groups(&q.narrow(0, r, 1)?, 1)?, &kr, &vr, None)?;
+            rows.push(y.reshape((1, self.num_heads, 1, d))?);
+        }
+        Ok(Tensor::cat(&rows, 0)?)
     }
 }
 
@@ -435,7 +476,8 @@ impl Transformer {
                 &mask,
                 &pads,
                 layer.sliding_window,
-                cache.layer_mut(i),
+                cache,
+                i,
             )?;
             let x1 = (residual + h)?;
             let h = layer.post_attention_layernorm.forward(&x1)?;

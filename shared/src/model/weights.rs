@@ -5,6 +5,7 @@ use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use super::gguf::{gguf_file, GgufModel};
 use super::{ModelError, Result};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -67,8 +68,12 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl Weights {
-    /// Reads every tensor of the model directory, converted to `dtype` on `device`.
+    /// Reads every tensor of the model directory (or GGUF file), converted to `dtype` on
+    /// `device`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        if let Some(file) = gguf_file(dir)? {
+            return GgufModel::open(&file)?.weights(dtype, device);
+        }
         let files = weight_files(dir)?;
         // Safety: the files are memory-mapped read-only; we copy every tensor out before returning.
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Config {

@@ -104,7 +104,7 @@ impl Shard {
     }
 }
 
-/// A model directory or Hub id (downloaded), opened: config, tokenizer and template checked;
+/// A model directory, GGUF file or Hub id (downloaded), opened: config, tokenizer and template checked;
 /// weights are read later, only if there is work to do.
 fn open_checkpoint(spec: &str) -> Result<(PathBuf, Checkpoint)> {
     let dir = resolve_model(spec)?;

@@ -270,7 +270,7 @@ impl TrainStepSettings {
 }
 
 pub struct TrainStepJob<'a> {
-    /// The policy pi_t: a model directory or Hub id.
+    /// The policy pi_t: a model directory, Hub id or GGUF file.
     pub policy: &'a str,
     pub samples: &'a Path,
     pub winrates: &'a Path,

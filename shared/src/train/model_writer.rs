@@ -4,7 +4,8 @@
 //! `transformers.AutoModelForCausalLM.from_pretrained` both read: the tensors under the
 //! checkpoint's names in safetensors with `format: pt` metadata (sharded with an index past
 //! [`MAX_SHARD_BYTES`]), and the source directory's config, tokenizer, chat template and
-//! generation config copied. [`write_adapter_dir`] writes a LoRA adapter in PEFT's layout.
+//! generation config copied (from a GGUF source: derived from its metadata).
+//! [`write_adapter_dir`] writes a LoRA adapter in PEFT's layout.
 //! Directories appear complete or not at all.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use candle_core::{Tensor, Var};
 
 use super::lora::{self, LoraSpec, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::data::{write_dir_atomically, DataError};
-use crate::model::{save_safetensors, ModelError};
+use crate::model::{gguf_file, save_safetensors, GgufModel, ModelError};
 
 /// Shard size past which weights are split, as `save_pretrained`'s default (5 GB).
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
@@ -36,9 +37,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelWriteError + '_ {
     }
 }
 
-/// Files of a model directory that are not weights: config, tokenizer, chat template,
-/// generation config and the like.
-fn companion_files(src: &Path) -> Result<Vec<PathBuf>, ModelWriteError> {
+/// Files of a model directory that are not weights (config, tokenizer, chat template,
+/// generation config and the like), by name with their contents. A GGUF model has them in its
+/// metadata: they are written out as a Hugging Face folder has them.
+fn companion_files(src: &Path) -> Result<Vec<(String, Vec<u8>)>, ModelWriteError> {
+    if let Some(file) = gguf_file(src)? {
+        let files = GgufModel::open(&file)?.hf_files()?;
+        return Ok(files
+            .into_iter()
+            .map(|(name, text)| (name.to_string(), text.into_bytes()))
+            .collect());
+    }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(src).map_err(io(src))? {
         let path = entry.map_err(io(src))?.path();
@@ -52,7 +61,7 @@ fn companion_files(src: &Path) -> Result<Vec<PathBuf>, ModelWriteError> {
             || name.ends_with(".index.json")
             || name == ADAPTER_CONFIG;
         if path.is_file() && !weights && !name.starts_with('.') {
-            files.push(path);
+            files.push((name.to_string(), std::fs::read(&path).map_err(io(&path))?));
         }
     }
     files.sort();
@@ -66,6 +75,14 @@ fn tokenizer_file(name: &str) -> bool {
         || name.starts_with("chat_template")
         || name == "vocab.json"
         || name == "merges.txt"
+}
+
+fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), ModelWriteError> {
+    for (name, bytes) in files {
+        let to = dir.join(name);
+        std::fs::write(&to, bytes).map_err(io(&to))?;
+    }
+    Ok(())
 }
 
 /// Writes `tensors` as safetensors into `dir`: `model.safetensors`, or shards
@@ -136,10 +153,7 @@ pub fn write_model_dir_sharded(
 ) -> Result<(), ModelWriteError> {
     let companions = companion_files(source)?;
     write_dir_atomically(dest, |dir| {
-        for file in &companions {
-            let to = dir.join(file.file_name().expect("a file name"));
-            std::fs::copy(file, &to).map_err(io(&to))?;
-        }
+        write_files(dir, &companions)?;
         write_weights(dir, tensors, max_shard)
     })
 }
@@ -152,20 +166,13 @@ pub fn write_adapter_dir(
     spec: &LoraSpec,
     dest: &Path,
 ) -> Result<(), ModelWriteError> {
-    let tokenizer_files: Vec<PathBuf> = companion_files(base)?
+    let tokenizer_files: Vec<(String, Vec<u8>)> = companion_files(base)?
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(tokenizer_file)
-        })
+        .filter(|(name, _)| tokenizer_file(name))
         .collect();
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
     write_dir_atomically(dest, |dir| {
-        for file in &tokenizer_files {
-            let to = dir.join(file.file_name().expect("a file name"));
-            std::fs::copy(file, &to).map_err(io(&to))?;
-        }
+        write_files(dir, &tokenizer_files)?;
         save_safetensors(&lora::peft_tensors(params), &dir.join(ADAPTER_WEIGHTS))?;
         let path = dir.join(ADAPTER_CONFIG);
         let text =

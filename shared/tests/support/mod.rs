@@ -6,6 +6,10 @@
 //!   built on another machine.
 //! - `RSPO_TEST_DEVICE`: `cpu` (default), `cuda` or `cuda:N`: the device the parity tests run
 //!   their models on.
+//! - `RSPO_SMOLLM2_GGUF`: the real model of the real-model tests (default: where
+//!   `make fetch-smollm2` puts it, `.cache/smollm2-135m/` in the repo).
+//!
+//! The end-to-end tests (tests/smollm2.rs) include this file too.
 #![allow(dead_code)]
 
 use candle_core::Device;
@@ -27,4 +31,41 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn test_device() -> Device {
     let spec = std::env::var("RSPO_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
     rspo::model::parse_device(&spec).unwrap_or_else(|e| panic!("RSPO_TEST_DEVICE={spec}: {e:#}"))
+}
+
+/// SmolLM2-135M-Instruct's GGUF, or None when it is absent: the tests that need it then skip
+/// with a message, except under CI=true, where its absence fails them.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    let path = std::env::var_os("RSPO_SMOLLM2_GGUF").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
+        },
+        PathBuf::from,
+    );
+    if path.is_file() {
+        return Some(path);
+    }
+    let message = format!(
+        "{} is missing: run `make fetch-smollm2` for the real-model tests",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+    eprintln!("SKIPPED: {message}");
+    None
+}
+
+/// A fixture's `expected.json` (`name` is its folder, e.g. `smollm2-135m`).
+pub fn expected_json(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON list of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
