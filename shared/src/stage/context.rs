@@ -7,8 +7,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::data::{read_meta, stage_fingerprint, FileKind, FileMeta, InputRef, ModelRef};
-// train_step.rs still imports these from here; they live in `model` (see model/resolve.rs).
+use crate::data::{
+    read_meta, stage_fingerprint, ChunkStore, FileKind, FileMeta, InputRef, ModelRef,
+};
 
 /// What a stage run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,17 @@ impl StageOutput {
             .map(|m| m.fingerprint == self.meta.fingerprint)
             .unwrap_or(false)
     }
+}
+
+/// Whether a stage that writes `chunked` in chunks skips its work: its outputs are
+/// `up_to_date` and `force` is not set. Chunks an interrupted run left are dropped when it
+/// skips or is forced, and kept otherwise, for the run to resume from.
+pub fn skip_chunked_run(chunked: &Path, up_to_date: bool, force: bool) -> Result<bool> {
+    let skip = up_to_date && !force;
+    if skip || force {
+        ChunkStore::discard(chunked)?;
+    }
+    Ok(skip)
 }
 
 /// The settings as canonical JSON without the listed keys (e.g. batch sizes, which never

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::context::{Outcome, StageOutput};
+use super::context::{skip_chunked_run, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -151,13 +151,9 @@ pub fn score_with_judge(
     }
     let outputs = Outputs::new(job, comparison, &spec, &inputs, groups[0].rows.len())?;
     let mut report = outputs.report(&groups, comparison);
-    if !job.force && outputs.are_up_to_date() {
-        ChunkStore::discard(&outputs.chunked().path)?;
+    if skip_chunked_run(&outputs.chunked().path, outputs.are_up_to_date(), job.force)? {
         report.seconds = start.elapsed().as_secs_f64();
         return Ok(report);
-    }
-    if job.force {
-        ChunkStore::discard(&outputs.chunked().path)?;
     }
 
     let mut judge = load_judge(job, comparison, spec)?;

@@ -1,0 +1,214 @@
+//! `generate logprobs`: log pi(response | prompt) of every sample under a model, per token and
+//! summed, through the same forward pass training uses; resumable in chunks of whole prompts.
+
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::{open_checkpoint, GenerateSettings};
+use crate::data::{read_rows, write_rows, ChunkStore, FileKind, FileMeta, LogprobRow, SampleRow};
+use crate::model::{
+    dtype_for, dtype_name, model_ref, parse_device, teacher_forced_logprobs, PromptResponse,
+    Transformer,
+};
+use crate::stage::context::{skip_chunked_run, Outcome, StageOutput};
+use crate::stage::progress::Progress;
+
+pub struct LogprobsJob<'a> {
+    pub model: &'a str,
+    pub samples: &'a Path,
+    pub role: &'a str,
+    pub out: &'a Path,
+    pub settings: &'a GenerateSettings,
+    pub force: bool,
+    /// A log-probs file of the same samples under the same model (in another role), whose rows
+    /// are reused instead of recomputed: iteration 1's policy is the reference model.
+    pub reuse: Option<&'a Path>,
+}
+
+/// `generate logprobs`: log pi(response | prompt) of every sample under a model, per token and
+/// summed, through the same forward pass training uses.
+pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
+    let s = job.settings;
+    ensure!(
+        job.role == "policy" || job.role == "reference",
+        "--role {}: expected policy or reference",
+        job.role
+    );
+    ensure!(s.batch_size >= 1, "--batch-size must be at least 1");
+    let (dir, ck) = open_checkpoint(job.model)?;
+    let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
+    ensure!(!samples.is_empty(), "{}: no samples", job.samples.display());
+    let device = parse_device(&s.device)?;
+    let dtype = dtype_for(s.dtype.as_deref(), &device)?;
+    #[derive(Serialize)]
+    struct Content<'a> {
+        role: &'a str,
+        dtype: String,
+    }
+    let mut output = StageOutput::new(
+        job.out,
+        FileKind::Logprobs,
+        "generate-logprobs",
+        &Content {
+            role: job.role,
+            dtype: dtype_name(dtype),
+        },
+        &[(job.samples, &samples_meta)],
+        &[(job.role, model_ref(&dir)?)],
+    )?;
+    output.meta.extra.insert("role".into(), job.role.into());
+    if skip_chunked_run(job.out, output.is_up_to_date(), job.force)? {
+        return Ok(Outcome::UpToDate);
+    }
+    if let Some(other) = job.reuse {
+        if let Some(rows) = reusable_rows(other, &samples_meta, &output, job.role)? {
+            write_rows(job.out, &output.meta, &rows)?;
+            return Ok(Outcome::Written { rows: rows.len() });
+        }
+    }
+    check_lengths(job.samples, &samples, ck.config.max_position_embeddings)?;
+    let model = ck
+        .load_model(dtype, &device)
+        .with_context(|| format!("--model {}: cannot load the weights", job.model))?;
+
+    let mut store = ChunkStore::open(job.out, output.fingerprint())?;
+    score_pending(&model, &samples, s.batch_size, &mut store)?;
+    let order: HashMap<(&str, u32), usize> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.prompt_id.as_str(), r.sample_idx), i))
+        .collect();
+    let rows = store.finish(&output.meta, |r: &LogprobRow| {
+        order.get(&(r.prompt_id.as_str(), r.sample_idx)).copied()
+    })?;
+    Ok(Outcome::Written { rows: rows.len() })
+}
+
+/// The rows of `other` when they are of the same samples under the same model and dtype
+/// (iteration 1's policy is the reference model), else None.
+fn reusable_rows(
+    other: &Path,
+    samples_meta: &FileMeta,
+    output: &StageOutput,
+    role: &str,
+) -> Result<Option<Vec<LogprobRow>>> {
+    let (meta, rows) = read_rows::<LogprobRow>(other)?;
+    let same_samples =
+        meta.inputs.first().map(|i| &i.fingerprint) == Some(&samples_meta.fingerprint);
+    let same_model = meta.models.values().next().map(|m| &m.digest)
+        == output.meta.models.get(role).map(|m| &m.digest);
+    if same_samples && same_model && meta.config["dtype"] == output.meta.config["dtype"] {
+        eprintln!(
+            "generate logprobs: same samples and model as {}: rows reused",
+            other.display()
+        );
+        return Ok(Some(rows));
+    }
+    eprintln!(
+        "generate logprobs: {} is of other samples or another model; computing",
+        other.display()
+    );
+    Ok(None)
+}
+
+/// Refuses a sample without prompt tokens or longer than the model's context.
+fn check_lengths(path: &Path, samples: &[SampleRow], limit: usize) -> Result<()> {
+    for r in samples {
+        let n = r.prompt_token_ids.len() + r.response_token_ids.len();
+        ensure!(
+            n <= limit,
+            "{}: sample ({:?}, {}) is {n} tokens, longer than the model's context of {limit}",
+            path.display(),
+            r.prompt_id,
+            r.sample_idx
+        );
+        ensure!(
+            !r.prompt_token_ids.is_empty(),
+            "{}: sample ({:?}, {}) has no prompt tokens",
+            path.display(),
+            r.prompt_id,
+            r.sample_idx
+        );
+    }
+    Ok(())
+}
+
+/// Log-probs of every sample not yet in `store`, written in chunks of whole prompts with about
+/// `batch_size` rows each.
+fn score_pending(
+    model: &Transformer,
+    samples: &[SampleRow],
+    batch_size: usize,
+    store: &mut ChunkStore,
+) -> Result<()> {
+    // Work unit: all samples of one prompt.
+    let mut groups: Vec<(&str, Vec<&SampleRow>)> = Vec::new();
+    for r in samples {
+        match groups.last_mut() {
+            Some((pid, rows)) if *pid == r.prompt_id => rows.push(r),
+            _ => groups.push((&r.prompt_id, vec![r])),
+        }
+    }
+    let mut progress = Progress::new("logprobs", samples.len() as u64, "tokens");
+    let mut pending: Vec<&(&str, Vec<&SampleRow>)> = Vec::new();
+    for g in &groups {
+        if store.is_completed(g.0) {
+            progress.advance(g.1.len() as u64);
+        } else {
+            pending.push(g);
+        }
+    }
+    // Chunks of whole prompts with about `batch_size` rows each.
+    let mut i = 0;
+    while i < pending.len() {
+        let mut j = i;
+        let mut rows: Vec<&SampleRow> = Vec::new();
+        while j < pending.len()
+            && (rows.is_empty() || rows.len() + pending[j].1.len() <= batch_size)
+        {
+            rows.extend(pending[j].1.iter().copied());
+            j += 1;
+        }
+        let mut out_rows = Vec::with_capacity(rows.len());
+        for batch in rows.chunks(batch_size) {
+            out_rows.extend(logprob_rows(model, batch)?);
+            progress.add_units(
+                batch
+                    .iter()
+                    .map(|r| r.response_token_ids.len() as u64)
+                    .sum(),
+            );
+        }
+        let keys: Vec<&str> = pending[i..j].iter().map(|g| g.0).collect();
+        store.write_chunk(&keys, &out_rows)?;
+        progress.advance(rows.len() as u64);
+        i = j;
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// One teacher-forced pass over `batch`: per-token log-probs and their sum.
+fn logprob_rows(model: &Transformer, batch: &[&SampleRow]) -> Result<Vec<LogprobRow>> {
+    let pr: Vec<PromptResponse> = batch
+        .iter()
+        .map(|r| PromptResponse {
+            prompt: &r.prompt_token_ids,
+            response: &r.response_token_ids,
+        })
+        .collect();
+    let lp = teacher_forced_logprobs(model, &pr)?.to_vecs()?;
+    Ok(batch
+        .iter()
+        .zip(lp)
+        .map(|(r, tokens)| LogprobRow {
+            prompt_id: r.prompt_id.clone(),
+            sample_idx: r.sample_idx,
+            logprob: tokens.iter().map(|&t| t as f64).sum(),
+            num_tokens: tokens.len() as u32,
+            token_logprobs: tokens,
+        })
+        .collect())
+}
