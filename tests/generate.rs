@@ -20,6 +20,7 @@ fn write_prompts(path: &Path, texts: &[&str]) {
                 content: t.to_string(),
             }],
             reference: None,
+            constraints: None,
         })
         .collect();
     write_rows(

@@ -27,6 +27,7 @@ fn one_iteration_and_evaluate_join_up() {
             prompt_id: format!("q{i}"),
             messages: vec![Message::user(*p)],
             reference: Some(format!("Answer {i}.")),
+            constraints: None,
         })
         .collect();
     write_rows(

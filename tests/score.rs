@@ -24,6 +24,7 @@ fn write_prompts(path: &Path) {
         prompt_id: id.to_string(),
         messages: vec![Message::user(*text)],
         reference: None,
+        constraints: None,
     })
     .collect();
     write_rows(

@@ -29,6 +29,7 @@ fn write_prompts(path: &Path, texts: &[&str]) {
             prompt_id: format!("p{i}"),
             messages: vec![Message::user(*t)],
             reference: None,
+            constraints: None,
         })
         .collect();
     let meta = FileMeta::new(FileKind::Prompts, "test", "prompts-fingerprint");

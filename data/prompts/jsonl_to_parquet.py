@@ -15,6 +15,12 @@ Schema (Arrow ``string`` = Parquet UTF8, never ``large_string``):
 * ``prompt``     string, non-null
 * ``reference``  string, nullable; only present when the JSONL rows carry a
   ``reference`` key (the evaluation set, ``eval.jsonl``)
+* ``constraints`` list<struct<kind string, argument fields...>>, nullable; only
+  present when the JSONL rows carry a ``constraints`` key (the
+  ``instructions-*.jsonl`` sets). The struct has one field per argument name
+  used in the file (``kind`` first, the others sorted): int64 for integers,
+  string for strings, list<string> for lists; a constraint leaves the
+  arguments of other kinds null.
 
 Rows keep the order of the JSONL file. No pandas is involved, so no index
 column is written. Compression is snappy, in a single row group. The output is
@@ -48,14 +54,42 @@ def read_jsonl(path: Path) -> list:
     return rows
 
 
+def argument_type(values: list, path: Path, name: str) -> pa.DataType:
+    kinds = {type(v) for v in values}
+    if kinds == {int}:
+        return pa.int64()
+    if kinds == {str}:
+        return pa.string()
+    if kinds == {list} and all(isinstance(x, str) for v in values for x in v):
+        return pa.list_(pa.string())
+    sys.exit(f"{path}: constraint argument '{name}' has values of types {sorted(k.__name__ for k in kinds)}, "
+             "expected all integers, all strings or all lists of strings")
+
+
+def constraints_type(rows: list, path: Path) -> pa.DataType:
+    values = {}
+    for i, r in enumerate(rows, 1):
+        cs = r.get("constraints")
+        if not isinstance(cs, list) or not cs or not all(isinstance(c, dict) and "kind" in c for c in cs):
+            sys.exit(f"{path}: row {i}: 'constraints' must be a non-empty list of objects with a 'kind'")
+        for c in cs:
+            for k, v in c.items():
+                values.setdefault(k, []).append(v)
+    names = ["kind"] + sorted(k for k in values if k != "kind")
+    return pa.struct([pa.field(n, argument_type(values[n], path, n)) for n in names])
+
+
 def to_table(rows: list, path: Path) -> pa.Table:
     has_reference = any("reference" in r for r in rows)
+    has_constraints = any("constraints" in r for r in rows)
     fields = [
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("prompt", pa.string(), nullable=False),
     ]
     if has_reference:
         fields.append(pa.field("reference", pa.string(), nullable=True))
+    if has_constraints:
+        fields.append(pa.field("constraints", pa.list_(constraints_type(rows, path)), nullable=True))
     schema = pa.schema(fields)
 
     seen = set()

@@ -105,6 +105,7 @@ pub fn write_prompts(path: &Path, texts: &[&str]) {
             prompt_id: format!("p{i}"),
             messages: vec![rspo::data::Message::user(*t)],
             reference: None,
+            constraints: None,
         })
         .collect();
     let meta = rspo::data::FileMeta::new(rspo::data::FileKind::Prompts, "test", "prompts");

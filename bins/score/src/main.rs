@@ -28,8 +28,8 @@ struct Cli {
     /// Output preferences.parquet.
     #[arg(long)]
     out: PathBuf,
-    /// rule:exact-match: a prompts file whose `reference` column holds each prompt's answer
-    /// (samples.parquet has no reference column).
+    /// A prompts file with what some judges read and samples.parquet lacks: each prompt's
+    /// `reference` answer, its `constraints` (see --judge).
     #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
     /// Where scalar judges write their scores [default: scores.parquet in the folder of --out].
@@ -68,6 +68,12 @@ fn main() -> Result<()> {
                 r.prompts,
                 r.preferences.display()
             );
+            if let Some(c) = &r.constraints {
+                eprintln!(
+                    "score: wrote each constraint's pass/fail to {}",
+                    c.display()
+                );
+            }
             let unit = if r.scores.is_some() {
                 "responses"
             } else {

@@ -6,8 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, GenericListArray, ListArray, OffsetSizeTrait,
-    PrimitiveArray, StringArray, StructArray, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, GenericListArray, ListArray,
+    OffsetSizeTrait, PrimitiveArray, StringArray, StructArray, UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{ArrowPrimitiveType, DataType};
@@ -330,6 +330,25 @@ primitive_column!(
     f32 => arrow::datatypes::Float32Type,
     f64 => arrow::datatypes::Float64Type
 );
+
+impl Column for bool {
+    fn build<'r>(
+        _: &str,
+        values: impl Iterator<Item = &'r Self>,
+    ) -> Result<ArrayRef, ContentError> {
+        Ok(Arc::new(values.map(|&v| Some(v)).collect::<BooleanArray>()))
+    }
+    fn read(columns: &Columns<'_>, name: &str) -> Result<Vec<Self>, ContentError> {
+        let array = columns.get(name, &DataType::Boolean)?;
+        let Some(values) = array.as_boolean_opt() else {
+            return Err(wrong_type(name, array.data_type(), &DataType::Boolean));
+        };
+        if let Some(row) = first_null(values) {
+            return Err(null(name, row));
+        }
+        Ok(values.values().iter().collect())
+    }
+}
 
 impl Column for Vec<Message> {
     fn build<'r>(

@@ -377,7 +377,8 @@ mod tests {
     use crate::data::fingerprint::{prompt_id_for, prompt_id_for_messages};
     use crate::data::metadata::{InputRef, ModelRef};
     use crate::data::rows::{
-        EvalRow, FinishReason, LogprobRow, Message, PreferenceRow, SampleRow, ScoreRow, WinrateRow,
+        ConstraintRow, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow, SampleRow,
+        ScoreRow, WinrateRow,
     };
     use crate::data::testing::TempDir;
     use crate::data::train_log::TrainLogRow;
@@ -450,6 +451,7 @@ mod tests {
                     prompt_id: "a".into(),
                     messages: vec![Message::user("What is 2+2?")],
                     reference: Some("4".into()),
+                    constraints: Some(r#"[{"at_most":3,"kind":"word_count"}]"#.into()),
                 },
                 PromptRow {
                     prompt_id: "b".into(),
@@ -459,6 +461,7 @@ mod tests {
                         Message::user("Bye"),
                     ],
                     reference: None,
+                    constraints: None,
                 },
             ],
             &[],
@@ -515,6 +518,28 @@ mod tests {
                 sample_idx: 3,
                 score: 1.25,
             }],
+            &[],
+        );
+        round_trip(
+            FileKind::Constraints,
+            vec![
+                ConstraintRow {
+                    prompt_id: "p1".into(),
+                    sample_idx: 0,
+                    constraint_idx: 0,
+                    kind: "lowercase".into(),
+                    constraint: r#"{"kind":"lowercase"}"#.into(),
+                    passed: true,
+                },
+                ConstraintRow {
+                    prompt_id: "p1".into(),
+                    sample_idx: 0,
+                    constraint_idx: 1,
+                    kind: "no_commas".into(),
+                    constraint: r#"{"kind":"no_commas"}"#.into(),
+                    passed: false,
+                },
+            ],
             &[],
         );
         round_trip(
@@ -916,11 +941,13 @@ mod tests {
                     prompt_id: prompt_id_for("Tell a joke."),
                     messages: vec![Message::user("Tell a joke.")],
                     reference: None,
+                    constraints: None,
                 },
                 PromptRow {
                     prompt_id: prompt_id_for("Name a color."),
                     messages: vec![Message::user("Name a color.")],
                     reference: None,
+                    constraints: None,
                 },
             ]
         );
@@ -1136,11 +1163,13 @@ mod tests {
                     prompt_id: prompt_id_for_messages(&first),
                     messages: first,
                     reference: Some("Hello".into()),
+                    constraints: None,
                 },
                 PromptRow {
                     prompt_id: prompt_id_for_messages(&[Message::user("Yo")]),
                     messages: vec![Message::user("Yo")],
                     reference: None,
+                    constraints: None,
                 },
             ]
         );
@@ -1160,6 +1189,7 @@ mod tests {
                 prompt_id: prompt_id_for("Sort these."),
                 messages: vec![Message::user("Sort these.")],
                 reference: None,
+                constraints: None,
             }]
         );
     }

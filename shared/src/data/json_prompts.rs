@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::constraints_column::{constraints_text, CONSTRAINTS};
 use super::error::ContentError;
-use super::fingerprint::{prompt_id_for, prompt_id_for_messages};
+use super::fingerprint::{canonical_json, prompt_id_for, prompt_id_for_messages};
 use super::prompts::{check_prompt_turns, default_source, PromptOptions, PromptRow, PromptSource};
 use super::rows::Message;
 
@@ -115,6 +116,20 @@ impl Record {
         }
     }
 
+    /// `constraints`, a JSON list or a string holding one, as canonical JSON (as for Parquet).
+    fn constraints(&self) -> Result<Option<String>, ContentError> {
+        match self.get(CONSTRAINTS) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(constraints_text(text))),
+            Some(list @ Value::Array(_)) => Ok(Some(canonical_json(list))),
+            Some(other) => Err(self.wrong(
+                CONSTRAINTS,
+                describe(other),
+                "a JSON list of constraints or a string holding one",
+            )),
+        }
+    }
+
     fn messages(&self, column: &str) -> Result<Vec<Message>, ContentError> {
         let items = match self.get(column) {
             Some(Value::Array(items)) => items,
@@ -216,9 +231,40 @@ pub(crate) fn prompts_from_json(
                 },
                 messages,
                 reference: record.optional_string("reference")?,
+                constraints: record.constraints()?,
             })
         })
         .collect::<Result<Vec<_>, ContentError>>()?;
     check_prompt_turns(&rows, |i| records[i].at.clone())?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraints_read_as_the_parquet_column_reads_them() {
+        let lines = concat!(
+            r#"{"prompt": "a", "constraints": [{"kind": "no_commas"}, {"n": 3, "kind": "min_words"}]}"#,
+            "\n",
+            r#"{"prompt": "b", "constraints": "[{\"kind\": \"no_commas\"}]"}"#,
+            "\n",
+            r#"{"prompt": "c"}"#,
+            "\n",
+        );
+        let rows = prompts_from_json(lines.as_bytes(), &PromptOptions::default()).unwrap();
+        let got: Vec<Option<&str>> = rows.iter().map(|r| r.constraints.as_deref()).collect();
+        assert_eq!(
+            got,
+            [
+                Some(r#"[{"kind":"no_commas"},{"kind":"min_words","n":3}]"#),
+                Some(r#"[{"kind":"no_commas"}]"#),
+                None
+            ]
+        );
+        let bad = r#"{"prompt": "a", "constraints": 3}"#;
+        let err = prompts_from_json(bad.as_bytes(), &PromptOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("constraints"), "{err}");
+    }
 }

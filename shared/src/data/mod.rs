@@ -17,6 +17,7 @@
 
 mod chunks;
 mod columns;
+mod constraints_column;
 mod digest;
 mod error;
 mod fingerprint;
@@ -48,8 +49,8 @@ pub use metadata::{
 };
 pub use prompts::{prompts_from_batch, PromptOptions, PromptRow};
 pub use rows::{
-    check_unique_keys, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow, Rows, SampleRow,
-    ScoreRow, WinrateRow,
+    check_unique_keys, ConstraintRow, EvalRow, FinishReason, LogprobRow, Message, PreferenceRow,
+    Rows, SampleRow, ScoreRow, WinrateRow,
 };
 pub use schema::FileKind;
 pub use train_log::TrainLogRow;

@@ -2,7 +2,8 @@
 //! dataset's parquet, or JSON: json_prompts.rs), so reading is lenient: the prompt is a `prompt`
 //! string column (one user turn) or a `messages` conversation column (not both), or a column named
 //! by the caller; `prompt_id` and `reference` are optional; Utf8 and LargeUtf8 (and List and
-//! LargeList) are both accepted. A conversation must not end with an assistant turn.
+//! LargeList) are both accepted. A conversation must not end with an assistant turn. An optional
+//! `constraints` column carries the prompt's verifiable instructions ([`super::constraints_column`]).
 
 use std::mem::take;
 
@@ -10,6 +11,7 @@ use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 
 use super::columns::{messages_array, optional_string_array, string_array, Columns};
+use super::constraints_column::read_constraints;
 use super::error::ContentError;
 use super::fingerprint::{prompt_id_for, prompt_id_for_messages};
 use super::rows::{batch, Message, Rows};
@@ -22,6 +24,9 @@ pub struct PromptRow {
     pub messages: Vec<Message>,
     /// A baseline answer for evaluation.
     pub reference: Option<String>,
+    /// The verifiable instructions of the `instructions` judge: the JSON text of a list of
+    /// constraints (canonical when the file held JSON).
+    pub constraints: Option<String>,
 }
 
 /// How to find the prompt in a prompt file.
@@ -157,11 +162,13 @@ pub fn prompts_from_batch(
     } else {
         vec![None; batch.num_rows()]
     };
+    let mut constraints = read_constraints(batch)?;
     let rows: Vec<PromptRow> = (0..batch.num_rows())
         .map(|i| PromptRow {
             prompt_id: take(&mut prompt_ids[i]),
             messages: take(&mut messages[i]),
             reference: references[i].take(),
+            constraints: constraints[i].take(),
         })
         .collect();
     check_prompt_turns(&rows, |i| format!("row {i}"))?;
@@ -183,6 +190,7 @@ impl Rows for PromptRow {
                 string_array(rows.iter().map(|r| r.prompt_id.as_str())),
                 messages_array("messages", rows.iter().map(|r| r.messages.as_slice()))?,
                 optional_string_array(rows.iter().map(|r| r.reference.as_deref())),
+                optional_string_array(rows.iter().map(|r| r.constraints.as_deref())),
             ],
         )
     }

@@ -260,6 +260,34 @@ rows!(
     [prompt_id, sample_idx, score]
 );
 
+/// Whether a response satisfies one of its prompt's constraints (constraints.parquet, written
+/// by the `instructions` judge beside scores.parquet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConstraintRow {
+    pub prompt_id: String,
+    pub sample_idx: u32,
+    /// The constraint's position in the prompt's list, from 0.
+    pub constraint_idx: u32,
+    pub kind: String,
+    /// The constraint's JSON object (kind and arguments), keys sorted.
+    pub constraint: String,
+    pub passed: bool,
+}
+
+rows!(
+    ConstraintRow,
+    Constraints,
+    key(prompt_id, sample_idx, constraint_idx),
+    [
+        prompt_id,
+        sample_idx,
+        constraint_idx,
+        kind,
+        constraint,
+        passed
+    ]
+);
+
 /// A sample's estimated win rate against the policy (winrates.parquet).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WinrateRow {

@@ -19,6 +19,8 @@ pub enum FileKind {
     Logprobs,
     Preferences,
     Scores,
+    /// The `instructions` judge's pass/fail of every constraint of every response.
+    Constraints,
     Winrates,
     TrainLog,
     Eval,
@@ -43,12 +45,13 @@ pub const TRAIN_LOG_TRAILING: [(&str, DataType); 6] = [
 ];
 
 impl FileKind {
-    pub const ALL: [FileKind; 8] = [
+    pub const ALL: [FileKind; 9] = [
         FileKind::Prompts,
         FileKind::Samples,
         FileKind::Logprobs,
         FileKind::Preferences,
         FileKind::Scores,
+        FileKind::Constraints,
         FileKind::Winrates,
         FileKind::TrainLog,
         FileKind::Eval,
@@ -62,6 +65,7 @@ impl FileKind {
             FileKind::Logprobs => "logprobs",
             FileKind::Preferences => "preferences",
             FileKind::Scores => "scores",
+            FileKind::Constraints => "constraints",
             FileKind::Winrates => "winrates",
             FileKind::TrainLog => "train_log",
             FileKind::Eval => "eval",
@@ -76,6 +80,7 @@ impl FileKind {
             FileKind::Logprobs => "logprobs/v1",
             FileKind::Preferences => "preferences/v1",
             FileKind::Scores => "scores/v1",
+            FileKind::Constraints => "constraints/v1",
             FileKind::Winrates => "winrates/v1",
             FileKind::TrainLog => "train_log/v1",
             FileKind::Eval => "eval/v1",
@@ -103,6 +108,7 @@ impl FileKind {
                 Some("(prompt_id, sample_idx)")
             }
             FileKind::Preferences => Some("(prompt_id, i, j)"),
+            FileKind::Constraints => Some("(prompt_id, sample_idx, constraint_idx)"),
             FileKind::Eval => Some("(model, prompt_id, sample_idx)"),
             FileKind::Prompts | FileKind::TrainLog => None,
         }
@@ -120,6 +126,7 @@ impl FileKind {
                 utf8("prompt_id"),
                 Field::new("messages", messages_type(), false),
                 Field::new("reference", DataType::Utf8, true),
+                Field::new("constraints", DataType::Utf8, true),
             ],
             FileKind::Samples => vec![
                 utf8("prompt_id"),
@@ -150,6 +157,14 @@ impl FileKind {
                 utf8("judge"),
             ],
             FileKind::Scores => vec![utf8("prompt_id"), u32("sample_idx"), f64("score")],
+            FileKind::Constraints => vec![
+                utf8("prompt_id"),
+                u32("sample_idx"),
+                u32("constraint_idx"),
+                utf8("kind"),
+                utf8("constraint"),
+                Field::new("passed", DataType::Boolean, false),
+            ],
             FileKind::Winrates => vec![
                 utf8("prompt_id"),
                 u32("sample_idx"),

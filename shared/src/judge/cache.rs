@@ -27,14 +27,18 @@ pub fn judgment_key(judge_digest: &str, parts: &[&str]) -> [u8; 32] {
 }
 
 /// The key of a scalar judgment of one item. The reference takes part only for judges that use
-/// it, so other judges share entries across prompt files.
+/// it, so other judges share entries across prompt files. Constraints take part when the item
+/// has them (an item without any keeps the key it always had).
 pub fn item_key(judge_digest: &str, item: &JudgeItem<'_>, uses_reference: bool) -> [u8; 32] {
     let messages = canonical_json(&serde_json::to_value(item.messages).unwrap_or_default());
     let reference = match (uses_reference, item.reference) {
         (true, Some(r)) => format!("1{r}"),
         _ => "0".to_string(),
     };
-    judgment_key(judge_digest, &[&messages, item.response, &reference])
+    match item.constraints {
+        Some(c) => judgment_key(judge_digest, &[&messages, item.response, &reference, c]),
+        None => judgment_key(judge_digest, &[&messages, item.response, &reference]),
+    }
 }
 
 /// The key of a pairwise judgment of (a, b), in that order.
@@ -202,6 +206,7 @@ mod tests {
             messages,
             response,
             reference: Some("ref"),
+            constraints: None,
         }
     }
 

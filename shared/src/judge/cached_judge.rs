@@ -323,6 +323,7 @@ mod tests {
                 messages,
                 response,
                 reference: None,
+                constraints: None,
             })
             .collect()
     }

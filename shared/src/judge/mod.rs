@@ -8,12 +8,16 @@
 //! `data`'s job.
 //!
 //! The judges themselves: [`ScalarJudge`] (a [`RewardModelJudge`], the `rule:*` judges in
-//! [`rules`]) and [`PairwiseJudge`] (a [`PairRmJudge`]), held by stages as a [`Judge`]. The
+//! [`rules`], the [`InstructionsJudge`] of verifiable [`constraints`]) and [`PairwiseJudge`] (a
+//! [`PairRmJudge`]), held by stages as a [`Judge`]. The
 //! [`registry`] names every judge `--judge` accepts and builds it from the settings; a
 //! [`CachedJudge`] keeps their verdicts across runs in a [`JudgmentCache`].
 
 pub mod cache;
 mod cached_judge;
+mod constraint_text;
+pub mod constraints;
+mod instructions;
 mod intransitivity;
 mod judge_model;
 mod pairrm;
@@ -27,11 +31,13 @@ mod reward_model;
 pub mod rules;
 mod sample_winrates;
 mod scalar_scores;
+mod scripts;
 mod settings;
 mod traits;
 
 pub use cache::JudgmentCache;
 pub use cached_judge::{CachedJudge, ChunkVerdicts, Verdicts};
+pub use instructions::{InstructionsJudge, CHECKS_VERSION};
 pub use intransitivity::{find_three_cycle, has_three_cycle, intransitive_share};
 pub use judge_model::judge_model_name;
 pub use pairrm::{
@@ -49,7 +55,9 @@ pub use registry::{find_judge, judge_names, judges_help, Comparison, JudgeEntry,
 pub use reward_model::{reward_scores, RewardModelJudge};
 pub use sample_winrates::{winrates, Convention, SampleWinrate};
 pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
+pub use scripts::Script;
 pub use settings::JudgeSettings;
 pub use traits::{
-    judge_digest, pairs_of, Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge, ScalarJudge,
+    judge_digest, pairs_of, ConstraintOutcome, Judge, JudgeError, JudgeItem, PairVerdict,
+    PairwiseJudge, ScalarJudge,
 };

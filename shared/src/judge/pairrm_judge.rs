@@ -130,6 +130,7 @@ pub(super) fn build(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
             "dtype": model.dtype_name(),
         }),
         models: vec![("judge", model.reference.clone())],
+        constraint_outcomes: false,
         load: Box::new(move || {
             let options = PairRmOptions {
                 lengths,

@@ -37,6 +37,9 @@ pub struct JudgeSpec {
     pub content: Value,
     /// The judge's models by role (`judge`), for fingerprints.
     pub models: Vec<(&'static str, ModelRef)>,
+    /// The judge reports each constraint's pass/fail
+    /// ([`super::ScalarJudge::constraint_outcomes`]): `score` writes them to constraints.parquet.
+    pub constraint_outcomes: bool,
     pub load: Box<dyn FnOnce() -> Result<Judge>>,
 }
 
@@ -46,8 +49,9 @@ pub struct JudgeEntry {
     /// One line for `--help`.
     pub description: &'static str,
     pub comparison: Comparison,
-    /// It judges against each prompt's reference answer, which samples files do not carry.
-    pub needs_references: bool,
+    /// What it reads from `--prompts FILE` that samples files do not carry (each prompt's
+    /// reference answer, its constraints), for the error when the file is missing.
+    pub needs_prompts: Option<&'static str>,
     /// Checked before anything is read; other judges' options are ignored (and stay out of the
     /// fingerprint), so a command line can switch the judge of a pipeline config.
     pub required: &'static [Required],
@@ -66,7 +70,7 @@ pub const JUDGES: &[JudgeEntry] = &[
         name: "reward-model",
         description: "a *ForSequenceClassification checkpoint (--judge-model) scores the conversation with its own chat template",
         comparison: Comparison::Scalar,
-        needs_references: false,
+        needs_prompts: None,
         required: &[JUDGE_MODEL],
         build: super::reward_model::build,
     },
@@ -74,7 +78,7 @@ pub const JUDGES: &[JudgeEntry] = &[
         name: "pairrm",
         description: "llm-blender's PairRM (--judge-model, PairRM-hf layout) compares the two responses of a pair in both orders",
         comparison: Comparison::Pairwise,
-        needs_references: false,
+        needs_prompts: None,
         required: &[JUDGE_MODEL],
         build: super::pairrm_judge::build,
     },
@@ -82,7 +86,7 @@ pub const JUDGES: &[JudgeEntry] = &[
         name: "rule:length",
         description: "score = -|characters - N| (--target N): closest to N is best",
         comparison: Comparison::Scalar,
-        needs_references: false,
+        needs_prompts: None,
         required: &[Required {
             flag: "--target N (characters)",
             is_set: |s| s.judging.target.is_some(),
@@ -93,7 +97,7 @@ pub const JUDGES: &[JudgeEntry] = &[
         name: "rule:contains",
         description: "score = 1 if the response matches --pattern REGEX, else 0",
         comparison: Comparison::Scalar,
-        needs_references: false,
+        needs_prompts: None,
         required: &[Required {
             flag: "--pattern REGEX",
             is_set: |s| s.judging.pattern.is_some(),
@@ -104,9 +108,17 @@ pub const JUDGES: &[JudgeEntry] = &[
         name: "rule:exact-match",
         description: "score = 1 if the response equals the prompt's reference answer (surrounding whitespace ignored), else 0",
         comparison: Comparison::Scalar,
-        needs_references: true,
+        needs_prompts: Some("reference answers"),
         required: &[],
         build: super::rules::build_exact_match_rule,
+    },
+    JudgeEntry {
+        name: "instructions",
+        description: "score = the fraction of the prompt's verifiable instructions (its `constraints` in --prompts FILE: word counts, keywords, JSON, ...) the response meets; writes each one's pass/fail to constraints.parquet",
+        comparison: Comparison::Scalar,
+        needs_prompts: Some("constraints"),
+        required: &[],
+        build: super::instructions::build,
     },
 ];
 
@@ -191,7 +203,7 @@ mod tests {
         };
         assert_eq!(
             error_of(&s),
-            "--judge oracle: expected one of reward-model, pairrm, rule:length, rule:contains, rule:exact-match"
+            "--judge oracle: expected one of reward-model, pairrm, rule:length, rule:contains, rule:exact-match, instructions"
         );
     }
 
@@ -261,7 +273,7 @@ mod tests {
         assert_eq!(judge.name(), "rule:length(target=7)");
         assert!(matches!(judge, Judge::Scalar { temperature, .. } if temperature == 0.5));
         let exact = find_judge("rule:exact-match").unwrap();
-        assert!(exact.needs_references && exact.comparison == Comparison::Scalar);
+        assert!(exact.needs_prompts.is_some() && exact.comparison == Comparison::Scalar);
         let spec = exact.spec(&s).unwrap();
         assert_eq!(
             serde_json::to_string(&spec.content).unwrap(),

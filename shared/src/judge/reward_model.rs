@@ -192,6 +192,7 @@ pub(super) fn build(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
             "temperature": temperature,
         }),
         models: vec![("judge", model.reference.clone())],
+        constraint_outcomes: false,
         load: Box::new(move || {
             let judge = RewardModelJudge::load(
                 &model.dir,
@@ -343,6 +344,7 @@ mod tests {
                 messages: m,
                 response: r,
                 reference: None,
+                constraints: None,
             })
             .collect();
         let got = judge.score(&items).unwrap();
@@ -373,6 +375,7 @@ mod tests {
             messages: &messages,
             response: &long,
             reference: None,
+            constraints: None,
         };
         let err = judge.score(&[item]).unwrap_err().to_string();
         assert!(
@@ -393,6 +396,7 @@ mod tests {
             messages: &messages,
             response: "The sky is blue.",
             reference: None,
+            constraints: None,
         };
         let ids = judge.render(&item).unwrap();
         let text = judge.checkpoint().tokenizer.decode(&ids, false).unwrap();

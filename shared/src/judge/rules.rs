@@ -111,12 +111,17 @@ impl ScalarJudge for ExactMatchRule {
     }
 }
 
-/// A rule as the settings give it, lifted to pairs with their temperature; `content` its
-/// settings for fingerprints.
-fn rule_spec(rule: impl ScalarJudge + 'static, content: Value, temperature: f64) -> JudgeSpec {
+/// A scalar judge (a rule, `instructions`) as the settings give it, lifted to pairs with their
+/// temperature; `content` its settings for fingerprints.
+pub(super) fn scalar_spec(
+    rule: impl ScalarJudge + 'static,
+    content: Value,
+    temperature: f64,
+) -> JudgeSpec {
     JudgeSpec {
         content,
         models: vec![],
+        constraint_outcomes: false,
         load: Box::new(move || {
             Ok(Judge::Scalar {
                 judge: Box::new(rule),
@@ -130,7 +135,7 @@ fn rule_spec(rule: impl ScalarJudge + 'static, content: Value, temperature: f64)
 pub(super) fn build_length_rule(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
     let target = s.judging.target.unwrap_or_default();
     let content = json!({"judge": "rule:length", "target": target, "temperature": s.temperature});
-    Ok(rule_spec(LengthRule { target }, content, s.temperature))
+    Ok(scalar_spec(LengthRule { target }, content, s.temperature))
 }
 
 /// `rule:contains`'s registry builder. The pattern compiles now: a bad one fails before
@@ -140,14 +145,14 @@ pub(super) fn build_contains_rule(s: &ScoreSettings) -> anyhow::Result<JudgeSpec
     let rule = ContainsRule::new(&pattern)?;
     let content =
         json!({"judge": "rule:contains", "pattern": pattern, "temperature": s.temperature});
-    Ok(rule_spec(rule, content, s.temperature))
+    Ok(scalar_spec(rule, content, s.temperature))
 }
 
 /// `rule:exact-match`'s registry builder. Its references come with the prompts (`score
 /// --prompts`, evaluate's prompt file).
 pub(super) fn build_exact_match_rule(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
     let content = json!({"judge": "rule:exact-match", "trim": true, "temperature": s.temperature});
-    Ok(rule_spec(ExactMatchRule, content, s.temperature))
+    Ok(scalar_spec(ExactMatchRule, content, s.temperature))
 }
 
 #[cfg(test)]
@@ -169,6 +174,7 @@ mod tests {
                 messages,
                 response: r,
                 reference,
+                constraints: None,
             })
             .collect()
     }

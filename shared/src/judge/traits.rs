@@ -21,6 +21,9 @@ pub struct JudgeItem<'a> {
     pub response: &'a str,
     /// The prompt's reference answer, for judges that compare against one.
     pub reference: Option<&'a str>,
+    /// The prompt's verifiable instructions (the JSON text of its `constraints` column), for
+    /// the `instructions` judge.
+    pub constraints: Option<&'a str>,
 }
 
 /// Why a judge could not judge.
@@ -39,6 +42,12 @@ pub enum JudgeError {
     },
     #[error("{judge}: prompt {prompt_id:?} has no reference answer, expected one (take it from --prompts FILE with a `reference` column)")]
     MissingReference { judge: String, prompt_id: String },
+    #[error("{judge}: prompt {prompt_id:?}: {message}")]
+    BadPrompt {
+        judge: String,
+        prompt_id: String,
+        message: String,
+    },
     #[error("{flag} {value:?}: {message}")]
     BadSetting {
         flag: &'static str,
@@ -73,6 +82,26 @@ pub trait ScalarJudge: Send + Sync {
     }
     /// One score per item, in order; finite.
     fn score(&self, items: &[JudgeItem<'_>]) -> Result<Vec<f64>, JudgeError>;
+    /// For a judge whose score counts the prompt's constraints met: whether the item's response
+    /// meets each one (a judge whose spec says so has `score` write them to
+    /// constraints.parquet). Others have none.
+    fn constraint_outcomes(
+        &self,
+        _item: &JudgeItem<'_>,
+    ) -> Result<Vec<ConstraintOutcome>, JudgeError> {
+        Ok(Vec::new())
+    }
+}
+
+/// One constraint of a prompt judged on one response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConstraintOutcome {
+    /// The constraint's position in the prompt's list, from 0.
+    pub index: u32,
+    pub kind: String,
+    /// The constraint's JSON object, keys sorted.
+    pub json: String,
+    pub passed: bool,
 }
 
 /// A judge's verdict on a pair (a, b): `p` = P(a beats b), and where the judge saw both orders,
@@ -183,6 +212,17 @@ impl Judge {
         }
     }
 
+    /// See [`ScalarJudge::constraint_outcomes`]; pairwise judges have none.
+    pub fn constraint_outcomes(
+        &self,
+        item: &JudgeItem<'_>,
+    ) -> Result<Vec<ConstraintOutcome>, JudgeError> {
+        match self {
+            Judge::Scalar { judge, .. } => judge.constraint_outcomes(item),
+            Judge::Pairwise(_) => Ok(Vec::new()),
+        }
+    }
+
     /// P(a beats b): a scalar judge scores both and lifts; a pairwise judge compares.
     /// (Evaluation's "model response vs baseline".)
     pub fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError> {
@@ -228,6 +268,7 @@ mod tests {
             messages: &m,
             response,
             reference: None,
+            constraints: None,
         };
         // Scores 0 and -2: sigmoid(2 / 2).
         let v = judge.compare(&item("abc"), &item("a")).unwrap();

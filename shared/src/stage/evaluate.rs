@@ -224,8 +224,9 @@ fn responses(
 struct Baseline<'a> {
     /// By (prompt_id, sample_idx).
     texts: HashMap<(String, u32), String>,
-    /// The prompts' reference answers, for judges that use them.
-    references: HashMap<&'a str, Option<&'a str>>,
+    /// The prompts, by prompt_id: their reference answers and constraints, for judges that
+    /// use them.
+    prompts: HashMap<&'a str, &'a PromptRow>,
 }
 
 impl<'a> Baseline<'a> {
@@ -236,10 +237,7 @@ impl<'a> Baseline<'a> {
         files: &[PathBuf],
     ) -> Result<Self> {
         let s = job.settings;
-        let references = prompts
-            .iter()
-            .map(|p| (p.prompt_id.as_str(), p.reference.as_deref()))
-            .collect();
+        let by_id = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
         let texts = if s.baseline == "reference" {
             let mut out = HashMap::new();
             for p in prompts {
@@ -265,7 +263,10 @@ impl<'a> Baseline<'a> {
                 .map(|r| ((r.prompt_id, r.sample_idx), r.response))
                 .collect()
         };
-        Ok(Baseline { texts, references })
+        Ok(Baseline {
+            texts,
+            prompts: by_id,
+        })
     }
 }
 
@@ -347,18 +348,15 @@ fn judge_against_baseline(
                     r.sample_idx, r.prompt_id
                 )
             })?;
-        let reference = baseline
-            .references
-            .get(r.prompt_id.as_str())
-            .copied()
-            .flatten();
+        let prompt = baseline.prompts.get(r.prompt_id.as_str());
         // Both sides carry the sample's index: a judge error names the sample it met.
         let a = JudgeItem {
             prompt_id: &r.prompt_id,
             sample_idx: r.sample_idx,
             messages: &r.messages,
             response: &r.response,
-            reference,
+            reference: prompt.and_then(|p| p.reference.as_deref()),
+            constraints: prompt.and_then(|p| p.constraints.as_deref()),
         };
         let b = JudgeItem {
             response: against,
@@ -622,6 +620,7 @@ mod tests {
             prompt_id: "a".into(),
             messages: vec![Message::user("question a")],
             reference: Some("answer".into()),
+            constraints: None,
         }];
         write_rows(
             &prompts,

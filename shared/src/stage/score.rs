@@ -1,11 +1,13 @@
 //! `score`: judge the K samples of every prompt. Writes `preferences.parquet` (every pair
 //! i < j of each prompt, `p` = P(y_i beats y_j)) and, for scalar judges (reward models, rules),
-//! `scores.parquet`. Judgments are cached across runs (see [`crate::judge::CachedJudge`]).
+//! `scores.parquet`, and for judges that check constraints `constraints.parquet` (each one's
+//! pass/fail). Judgments are cached across runs (see [`crate::judge::CachedJudge`]).
 //!
-//! The story: read the samples (and reference answers), group them by prompt, fingerprint the
-//! outputs, judge the prompts chunk by chunk (an interrupted run resumes), write.
+//! The story: read the samples (and the prompts' reference answers and constraints), group them
+//! by prompt, fingerprint the outputs, judge the prompts chunk by chunk (an interrupted run
+//! resumes), write.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,9 +23,11 @@ use crate::data::{
 use crate::judge::{
     find_judge, CachedJudge, Comparison, Judge, JudgeItem, JudgeSettings, JudgeSpec, Verdicts,
 };
-use prompt_samples::{group_samples, items_of, read_references, PromptSamples};
+use constraint_rows::write_constraint_outcomes;
+use prompt_samples::{group_samples, items_of, PromptColumns, PromptSamples};
 use verdict_rows::{preferences_from_scores, VerdictRows};
 
+mod constraint_rows;
 mod prompt_samples;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -73,7 +77,8 @@ pub struct ScoreJob<'a> {
     pub out: &'a Path,
     /// scores.parquet of scalar judges; default `scores.parquet` beside `out`.
     pub scores_out: Option<&'a Path>,
-    /// A prompt file with a `reference` column (`rule:exact-match`).
+    /// A prompt file with the columns a judge reads that samples files lack: `reference`
+    /// (`rule:exact-match`), `constraints` (`instructions`).
     pub prompts: Option<&'a Path>,
     pub settings: &'a ScoreSettings,
     pub force: bool,
@@ -86,6 +91,8 @@ pub struct ScoreReport {
     pub preferences: PathBuf,
     /// The scores file (scalar judges).
     pub scores: Option<PathBuf>,
+    /// The pass/fail of every constraint (judges that check constraints).
+    pub constraints: Option<PathBuf>,
     pub prompts: usize,
     pub pairs: usize,
     /// Judgments: responses for scalar judges, pairs for pairwise ones.
@@ -105,11 +112,13 @@ pub struct ScoreReport {
 /// `score` with the judge `settings.judge` names.
 pub fn score(job: &ScoreJob) -> Result<ScoreReport> {
     let entry = find_judge(&job.settings.judging.judge)?;
-    ensure!(
-        !entry.needs_references || job.prompts.is_some(),
-        "--judge {} needs --prompts FILE (the samples file has no reference answers)",
-        entry.name
-    );
+    if let Some(what) = entry.needs_prompts {
+        ensure!(
+            job.prompts.is_some(),
+            "--judge {} needs --prompts FILE (the samples file has no {what})",
+            entry.name
+        );
+    }
     let spec = entry.spec(job.settings)?;
     score_with_judge(job, entry.comparison, spec)
 }
@@ -129,12 +138,12 @@ pub fn score_with_judge(
     );
     let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
     let groups = group_samples(job.samples, &samples)?;
-    let (prompts_meta, references) = match job.prompts {
+    let (prompts_meta, columns) = match job.prompts {
         Some(p) => {
-            let (m, r) = read_references(p, &groups)?;
-            (Some(m), r)
+            let (m, c) = PromptColumns::read(p, &groups)?;
+            (Some(m), c)
         }
-        None => (None, HashMap::new()),
+        None => (None, PromptColumns::default()),
     };
     let mut inputs: Vec<(&Path, &FileMeta)> = vec![(job.samples, &samples_meta)];
     if let (Some(p), Some(m)) = (job.prompts, prompts_meta.as_ref()) {
@@ -148,8 +157,15 @@ pub fn score_with_judge(
     }
 
     let mut judge = load_judge(job, comparison, spec)?;
+    if judge.judge().uses_reference() {
+        let prompts = job.prompts.with_context(|| {
+            let name = judge.judge().name();
+            format!("{name} needs --prompts FILE with a 'reference' column")
+        })?;
+        columns.require_references(prompts, &groups)?;
+    }
     report.cache = judge.cache_path().map(Path::to_path_buf);
-    let items: Vec<Vec<JudgeItem>> = groups.iter().map(|g| items_of(g, &references)).collect();
+    let items: Vec<Vec<JudgeItem>> = groups.iter().map(|g| items_of(g, &columns)).collect();
     // Check what the judge will see before any chunk is written: a template that raises, a
     // conversation longer than the judge's context, a missing reference fail now.
     judge.check(&items)?;
@@ -168,16 +184,21 @@ pub fn score_with_judge(
         let prefs = preferences_from_scores(&groups, scores, *temperature, &judge.judge().name());
         write_rows(job.out, &outputs.preferences.meta, &prefs)?;
     }
+    if let Some(output) = &outputs.constraints {
+        write_constraint_outcomes(output, &items, judge.judge())?;
+    }
     report.outcome = Outcome::Written { rows: report.pairs };
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
 
 /// The files `score` writes, fingerprinted: preferences.parquet, and for a scalar judge
-/// scores.parquet, the file whose chunks an interrupted run leaves.
+/// scores.parquet, the file whose chunks an interrupted run leaves, and constraints.parquet
+/// beside it when the judge checks constraints.
 struct Outputs {
     preferences: StageOutput,
     scores: Option<StageOutput>,
+    constraints: Option<StageOutput>,
 }
 
 impl Outputs {
@@ -212,9 +233,20 @@ impl Outputs {
             }
             Comparison::Pairwise => None,
         };
+        let constraints = match &scores {
+            Some(scores) if spec.constraint_outcomes => {
+                let dir = scores.path.parent().unwrap_or(Path::new(""));
+                Some(output(
+                    &dir.join("constraints.parquet"),
+                    FileKind::Constraints,
+                )?)
+            }
+            _ => None,
+        };
         Ok(Outputs {
             preferences,
             scores,
+            constraints,
         })
     }
 
@@ -226,6 +258,10 @@ impl Outputs {
     fn are_up_to_date(&self) -> bool {
         self.preferences.is_up_to_date()
             && self.scores.as_ref().is_none_or(StageOutput::is_up_to_date)
+            && self
+                .constraints
+                .as_ref()
+                .is_none_or(StageOutput::is_up_to_date)
     }
 
     /// The report of a run that has judged nothing yet.
@@ -236,6 +272,7 @@ impl Outputs {
             outcome: Outcome::UpToDate,
             preferences: self.preferences.path.clone(),
             scores: self.scores.as_ref().map(|o| o.path.clone()),
+            constraints: self.constraints.as_ref().map(|o| o.path.clone()),
             prompts: groups.len(),
             pairs,
             judgments: match comparison {
@@ -262,13 +299,6 @@ fn load_judge(job: &ScoreJob, comparison: Comparison, spec: JudgeSpec) -> Result
         if scalar { "pairwise" } else { "scalar" },
         if scalar { "scalar" } else { "pairwise" }
     );
-    if judge.uses_reference() {
-        ensure!(
-            job.prompts.is_some(),
-            "{} needs --prompts FILE with a 'reference' column",
-            judge.name()
-        );
-    }
     let s = job.settings;
     let cache_dir = s.judging.cache.then(|| {
         s.judging

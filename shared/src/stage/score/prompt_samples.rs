@@ -71,43 +71,65 @@ pub(super) fn group_samples<'a>(
     Ok(groups)
 }
 
-/// Reads the reference answers of `prompts` for the prompts of `groups`.
-pub(super) fn read_references(
-    prompts: &Path,
-    groups: &[PromptSamples],
-) -> Result<(FileMeta, HashMap<String, String>)> {
-    let (meta, rows) = read_prompts(prompts, &PromptOptions::default())?;
-    let mut refs: HashMap<String, Option<String>> = rows
-        .into_iter()
-        .map(|p| (p.prompt_id, p.reference))
-        .collect();
-    let mut out = HashMap::new();
-    for g in groups {
-        match refs.remove(g.prompt_id) {
-            Some(Some(r)) => {
-                out.insert(g.prompt_id.to_string(), r);
-            }
-            Some(None) => bail!(
+/// What `--prompts FILE` adds to the samples (whose files carry neither): each prompt's
+/// reference answer and constraints, by prompt_id.
+#[derive(Default)]
+pub(super) struct PromptColumns {
+    by_id: HashMap<String, (Option<String>, Option<String>)>,
+}
+
+impl PromptColumns {
+    /// Reads `prompts`, which must hold every prompt of `groups`.
+    pub fn read(prompts: &Path, groups: &[PromptSamples]) -> Result<(FileMeta, Self)> {
+        let (meta, rows) = read_prompts(prompts, &PromptOptions::default())?;
+        let mut all: HashMap<String, (Option<String>, Option<String>)> = rows
+            .into_iter()
+            .map(|p| (p.prompt_id, (p.reference, p.constraints)))
+            .collect();
+        let mut by_id = HashMap::new();
+        for g in groups {
+            let Some(columns) = all.remove(g.prompt_id) else {
+                bail!(
+                    "{}: no prompt with prompt_id {:?} (from the samples), expected every prompt of the samples",
+                    prompts.display(),
+                    g.prompt_id
+                );
+            };
+            by_id.insert(g.prompt_id.to_string(), columns);
+        }
+        Ok((meta, PromptColumns { by_id }))
+    }
+
+    /// Checks that every prompt of `groups` has a reference answer (for a judge that uses them).
+    pub fn require_references(&self, prompts: &Path, groups: &[PromptSamples]) -> Result<()> {
+        match groups.iter().find(|g| self.reference(g.prompt_id).is_none()) {
+            Some(g) => bail!(
                 "{}: prompt {:?} has no value in column 'reference', expected a reference answer for every prompt of the samples",
                 prompts.display(),
                 g.prompt_id
             ),
-            None => bail!(
-                "{}: no prompt with prompt_id {:?} (from the samples), expected every prompt of the samples with a 'reference' column",
-                prompts.display(),
-                g.prompt_id
-            ),
+            None => Ok(()),
         }
     }
-    Ok((meta, out))
+
+    fn reference(&self, prompt_id: &str) -> Option<&str> {
+        self.by_id.get(prompt_id)?.0.as_deref()
+    }
+
+    fn constraints(&self, prompt_id: &str) -> Option<&str> {
+        self.by_id.get(prompt_id)?.1.as_deref()
+    }
 }
 
 /// What the judge sees of one prompt's samples.
 pub(super) fn items_of<'a>(
     g: &PromptSamples<'a>,
-    references: &'a HashMap<String, String>,
+    columns: &'a PromptColumns,
 ) -> Vec<JudgeItem<'a>> {
-    let reference = references.get(g.prompt_id).map(String::as_str);
+    let (reference, constraints) = (
+        columns.reference(g.prompt_id),
+        columns.constraints(g.prompt_id),
+    );
     g.rows
         .iter()
         .map(|r| JudgeItem {
@@ -116,6 +138,7 @@ pub(super) fn items_of<'a>(
             messages: &r.messages,
             response: &r.response,
             reference,
+            constraints,
         })
         .collect()
 }

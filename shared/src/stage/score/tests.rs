@@ -313,11 +313,13 @@ fn exact_match_reads_references_from_the_prompts_file() {
             prompt_id: "a".into(),
             messages: vec![Message::user("question a")],
             reference: Some("4".into()),
+            constraints: None,
         },
         crate::data::PromptRow {
             prompt_id: "b".into(),
             messages: vec![Message::user("question b")],
             reference: Some("y".into()),
+            constraints: None,
         },
     ];
     write_rows(
@@ -593,6 +595,7 @@ fn a_pairwise_judge_fills_both_orders_and_is_cached() {
         let spec = JudgeSpec {
             content: json!({"judge": "test:longer"}),
             models: vec![],
+            constraint_outcomes: false,
             load: Box::new(|| {
                 Ok(Judge::Pairwise(Box::new(LongerFirst {
                     calls: AtomicUsize::new(0),
