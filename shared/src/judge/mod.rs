@@ -9,9 +9,9 @@
 //!
 //! The judges themselves: [`ScalarJudge`] (a [`RewardModelJudge`], the `rule:*` judges in
 //! [`rules`], the [`InstructionsJudge`] of verifiable [`constraints`]) and [`PairwiseJudge`] (a
-//! [`PairRmJudge`]), held by stages as a [`Judge`]. The
-//! [`registry`] names every judge `--judge` accepts and builds it from the settings; a
-//! [`CachedJudge`] keeps their verdicts across runs in a [`JudgmentCache`].
+//! [`PairRmJudge`], an [`LlmJudge`]), held by stages as a [`Judge`]. The [`registry`] names every
+//! judge `--judge` accepts and builds it from the settings; a [`CachedJudge`] keeps their verdicts
+//! across runs in a [`JudgmentCache`].
 
 pub mod cache;
 mod cached_judge;
@@ -20,6 +20,8 @@ pub mod constraints;
 mod instructions;
 mod intransitivity;
 mod judge_model;
+mod llm_judge;
+mod llm_prompt;
 mod pairrm;
 mod pairrm_deberta;
 mod pairrm_inputs;
@@ -40,6 +42,10 @@ pub use cached_judge::{CachedJudge, ChunkVerdicts, Verdicts};
 pub use instructions::{InstructionsJudge, CHECKS_VERSION};
 pub use intransitivity::{find_three_cycle, has_three_cycle, intransitive_share};
 pub use judge_model::judge_model_name;
+pub use llm_judge::{both_orders, LlmJudge, ROWS_PER_FORWARD};
+pub use llm_prompt::{
+    parse_verdicts, verdict_ids, ComparisonTemplate, ShownPair, DEFAULT_TEMPLATE, DEFAULT_VERDICTS,
+};
 pub use pairrm::{
     random_pairrm_weights, LogitMatrix, PairRm, PairRmConfig, PairRmError, PairRmMode,
     PairRmOptions, PairRmVerdict,

@@ -1,5 +1,5 @@
 //! PairRM as a pairwise judge for `score` and `evaluate`: the source is the prompt's last user
-//! turn, the candidates are the responses.
+//! turn ([`JudgeItem::last_user_turn`]), the candidates are the responses.
 
 use serde_json::{json, Value};
 
@@ -45,15 +45,6 @@ impl PairRmJudge {
     }
 }
 
-/// PairRM's source: the conversation's last user turn.
-fn source<'a>(item: &JudgeItem<'a>) -> &'a str {
-    item.messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map_or("", |m| m.content.as_str())
-}
-
 fn verdicts(m: &LogitMatrix, mode: PairRmMode) -> Vec<PairVerdict> {
     m.verdicts(mode)
         .into_iter()
@@ -88,7 +79,7 @@ impl PairwiseJudge for PairRmJudge {
     fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError> {
         let m = self
             .model
-            .logit_matrix(source(a), &[a.response, b.response])
+            .logit_matrix(a.last_user_turn(), &[a.response, b.response])
             .map_err(|e| self.error(a, e))?;
         Ok(verdicts(&m, PairRmMode::Pairwise)[0])
     }
@@ -100,7 +91,7 @@ impl PairwiseJudge for PairRmJudge {
         let responses: Vec<&str> = items.iter().map(|it| it.response).collect();
         let m = self
             .model
-            .logit_matrix(source(first), &responses)
+            .logit_matrix(first.last_user_turn(), &responses)
             .map_err(|e| self.error(first, e))?;
         Ok(verdicts(&m, self.mode))
     }

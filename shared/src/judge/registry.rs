@@ -83,6 +83,14 @@ pub const JUDGES: &[JudgeEntry] = &[
         build: super::pairrm_judge::build,
     },
     JudgeEntry {
+        name: "llm",
+        description: "a causal chat model (--judge-model) compares the two responses in both orders; p from its next-token odds of the verdicts (--verdicts) after the comparison prompt (--judge-template)",
+        comparison: Comparison::Pairwise,
+        needs_prompts: None,
+        required: &[JUDGE_MODEL],
+        build: super::llm_judge::build,
+    },
+    JudgeEntry {
         name: "rule:length",
         description: "score = -|characters - N| (--target N): closest to N is best",
         comparison: Comparison::Scalar,
@@ -203,7 +211,7 @@ mod tests {
         };
         assert_eq!(
             error_of(&s),
-            "--judge oracle: expected one of reward-model, pairrm, rule:length, rule:contains, rule:exact-match, instructions"
+            "--judge oracle: expected one of reward-model, pairrm, llm, rule:length, rule:contains, rule:exact-match, instructions"
         );
     }
 
@@ -220,6 +228,7 @@ mod tests {
                 "--judge reward-model needs --judge-model DIR_OR_HUB_ID",
             ),
             ("pairrm", "--judge pairrm needs --judge-model DIR_OR_HUB_ID"),
+            ("llm", "--judge llm needs --judge-model DIR_OR_HUB_ID"),
             (
                 "rule:length",
                 "--judge rule:length needs --target N (characters)",

@@ -17,7 +17,8 @@ pub struct JudgeSettings {
     /// The judge (`--help` lists them).
     #[arg(long, default_value = "reward-model", long_help = judge_flag_help())]
     pub judge: String,
-    /// reward-model, pairrm: the judge's model, a Hugging Face directory, Hub id or GGUF file.
+    /// reward-model, pairrm, llm: the judge's model, a Hugging Face directory, Hub id or GGUF
+    /// file.
     #[arg(long, value_name = "DIR_OR_HUB_ID")]
     pub judge_model: Option<String>,
     /// rule:length: the ideal response length in characters.
@@ -36,6 +37,14 @@ pub struct JudgeSettings {
     /// pairrm: token limit of each candidate; PairRM-hf's default.
     #[arg(long, default_value_t = 412)]
     pub candidate_max_length: usize,
+    /// llm: a Jinja file that renders the comparison prompt from `instruction`, `output_1`,
+    /// `output_2` and, optionally, `reference` [default: the built-in AlpacaEval-style one].
+    #[arg(long, value_name = "FILE")]
+    pub judge_template: Option<PathBuf>,
+    /// llm: the answers meaning "output_1 wins" and "output_2 wins", each one token of the
+    /// judge's tokenizer after its generation prompt.
+    #[arg(long, value_name = "A,B", default_value = super::llm_prompt::DEFAULT_VERDICTS)]
+    pub verdicts: String,
     /// The judgment cache folder [default: $RSPO_CACHE_DIR, else $XDG_CACHE_HOME/rspo, else
     /// ~/.cache/rspo]; judgments go to its judgments/ subfolder.
     #[arg(long, value_name = "DIR")]

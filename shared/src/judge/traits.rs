@@ -26,6 +26,17 @@ pub struct JudgeItem<'a> {
     pub constraints: Option<&'a str>,
 }
 
+impl<'a> JudgeItem<'a> {
+    /// The instruction a pairwise judge shows: the conversation's last user turn.
+    pub fn last_user_turn(&self) -> &'a str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str())
+    }
+}
+
 /// Why a judge could not judge.
 #[derive(Debug, Error)]
 pub enum JudgeError {
