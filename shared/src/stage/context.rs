@@ -1,7 +1,7 @@
 //! What every stage does around its work: name its output's fingerprint, skip when the output
 //! is up to date.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -96,4 +96,57 @@ pub fn content_config(settings: &impl Serialize, drop: &[&str]) -> Result<Value>
         }
     }
     Ok(v)
+}
+
+/// A path as the file system resolves it (links followed); one that does not exist yet through
+/// its folder. None when its folder does not exist either: nothing there can be overwritten.
+fn resolved(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let name = p.file_name()?;
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    dir.canonicalize().ok().map(|d| d.join(name))
+}
+
+/// Refuses, before any work, an output (flag, path) that would overwrite what the run reads:
+/// one of the `inputs` (flag, path), or a file of a model (flag, directory or GGUF file) or a
+/// folder holding one.
+pub fn refuse_overwriting_inputs(
+    outputs: &[(&str, &Path)],
+    inputs: &[(&str, &Path)],
+    models: &[(&str, &Path)],
+) -> Result<()> {
+    for (out_flag, out) in outputs {
+        let Some(target) = resolved(out) else {
+            continue;
+        };
+        for (flag, input) in inputs {
+            if resolved(input).as_ref() == Some(&target) {
+                bail!(
+                    "{out_flag} {}: the same file as {flag} {}; expected another path (the \
+                     output would overwrite its own input)",
+                    out.display(),
+                    input.display()
+                );
+            }
+        }
+        for (flag, model) in models {
+            let Some(model_path) = resolved(model) else {
+                continue;
+            };
+            if target.starts_with(&model_path) || model_path.starts_with(&target) {
+                bail!(
+                    "{out_flag} {}: inside the model {flag} {}; expected a path outside the \
+                     model (the output would overwrite the model's files)",
+                    out.display(),
+                    model.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::context::{Outcome, StageOutput};
+use super::context::{refuse_overwriting_inputs, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{read_rows, write_rows, FileKind, PreferenceRow, WinrateRow};
@@ -134,6 +134,11 @@ pub fn read_preference_matrices(
 
 /// `estimate-winrate`: winrates.parquet from preferences.parquet.
 pub fn estimate_winrate(job: &WinrateJob) -> Result<WinrateReport> {
+    refuse_overwriting_inputs(
+        &[("--out", job.out)],
+        &[("--preferences", job.preferences)],
+        &[],
+    )?;
     let (meta, matrices, two_orders) = read_preference_matrices(job.preferences)?;
     let k = matrices[0].k();
     let share = intransitive_share(&matrices).unwrap_or(0.0);

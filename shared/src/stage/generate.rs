@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 mod logprobs;
 pub use logprobs::{logprobs, LogprobsJob};
 
-use super::context::{content_config, skip_chunked_run, Outcome, StageOutput};
+use super::context::{
+    content_config, refuse_overwriting_inputs, skip_chunked_run, Outcome, StageOutput,
+};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -161,6 +163,11 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
     let s = job.settings;
     check_sampling(s)?;
     let (dir, ck) = open_checkpoint(job.model)?;
+    refuse_overwriting_inputs(
+        &[("--out", job.out)],
+        &[("--prompts", job.prompts)],
+        &[("--model", &dir)],
+    )?;
     let (prompts_meta, prompts) = read_unique_prompts(job.prompts, s)?;
     let range = job
         .shard

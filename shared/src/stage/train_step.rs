@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::context::{Outcome, StageOutput};
+use super::context::{refuse_overwriting_inputs, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use super::train_state::TrainState;
@@ -339,6 +339,7 @@ impl<'a> TrainInputs<'a> {
     /// loaded.
     fn read(job: &TrainStepJob<'a>, spec: &LossSpec) -> Result<Self> {
         let policy_dir = resolve_model(job.policy)?;
+        refuse_overwriting(job, &policy_dir)?;
         let ck =
             Checkpoint::open(&policy_dir).with_context(|| format!("--policy {}", job.policy))?;
         let samples = read_rows::<SampleRow>(job.samples)?;
@@ -422,6 +423,22 @@ impl<'a> TrainInputs<'a> {
 }
 
 /// Refuses log-probs that were not computed on these samples, by the expected model role.
+/// Refuses an `--out` that is an input file, or whose files would overwrite an input or the
+/// policy.
+fn refuse_overwriting(job: &TrainStepJob, policy_dir: &Path) -> Result<()> {
+    let mut inputs = vec![
+        ("--samples", job.samples),
+        ("--winrates", job.winrates),
+        ("--policy-logprobs", job.policy_logprobs),
+        ("--reference-logprobs", job.reference_logprobs),
+    ];
+    inputs.extend(job.reference_samples.map(|p| ("--reference-samples", p)));
+    refuse_overwriting_inputs(&[("--out", job.out)], &inputs, &[])?;
+    let written = ["train_log.parquet", "model", "adapter"].map(|f| job.out.join(f));
+    let outputs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();
+    refuse_overwriting_inputs(&outputs, &inputs, &[("--policy", policy_dir)])
+}
+
 fn check_logprobs_belong(
     path: &Path,
     meta: &FileMeta,

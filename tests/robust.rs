@@ -1,0 +1,234 @@
+//! Defects found by trying to break the stages (issue 17): outputs that would overwrite inputs,
+//! non-finite model outputs, byte-identity of every file across reruns and resumes.
+
+use e2e::{fails, fixture, ok, s, write_prompts, Scratch};
+use std::path::{Path, PathBuf};
+
+const TEXTS: [&str; 3] = ["Name a color.", "Say hi.", "What is two plus two?"];
+
+/// A copy of the tiny-llama fixture at `dir`, safe to damage.
+fn model_copy(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn sample_args(model: &Path, prompts: &Path, out: &Path) -> Vec<String> {
+    [
+        "sample",
+        "--model",
+        s(model),
+        "--prompts",
+        s(prompts),
+        "--out",
+        s(out),
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "1.0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn logprobs_args(model: &Path, samples: &Path, role: &str, out: &Path) -> Vec<String> {
+    [
+        "logprobs",
+        "--model",
+        s(model),
+        "--samples",
+        s(samples),
+        "--role",
+        role,
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn score_args(samples: &Path, out: &Path) -> Vec<String> {
+    let judge = fixture("tiny-llama-rm");
+    [
+        "--samples",
+        s(samples),
+        "--out",
+        s(out),
+        "--judge",
+        "reward-model",
+        "--judge-model",
+        s(&judge),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The files of one iteration, made by the real stages from a copy of tiny-llama.
+struct Chain {
+    model: PathBuf,
+    prompts: PathBuf,
+    samples: PathBuf,
+    policy_lp: PathBuf,
+    reference_lp: PathBuf,
+    preferences: PathBuf,
+    winrates: PathBuf,
+}
+
+impl Chain {
+    fn new(t: &Scratch) -> Self {
+        let c = Chain {
+            model: model_copy(&t.path("policy")),
+            prompts: t.path("prompts.parquet"),
+            samples: t.path("samples.parquet"),
+            policy_lp: t.path("logprobs-policy.parquet"),
+            reference_lp: t.path("logprobs-reference.parquet"),
+            preferences: t.path("preferences.parquet"),
+            winrates: t.path("winrates.parquet"),
+        };
+        write_prompts(&c.prompts, &TEXTS);
+        ok(
+            t,
+            "generate",
+            &strs(&sample_args(&c.model, &c.prompts, &c.samples)),
+        );
+        for (role, out) in [("policy", &c.policy_lp), ("reference", &c.reference_lp)] {
+            ok(
+                t,
+                "generate",
+                &strs(&logprobs_args(&c.model, &c.samples, role, out)),
+            );
+        }
+        ok(t, "score", &strs(&score_args(&c.samples, &c.preferences)));
+        let w = ["--preferences", s(&c.preferences), "--out", s(&c.winrates)];
+        ok(t, "estimate-winrate", &w);
+        c
+    }
+
+    fn train_args(&self, policy: &Path, out: &Path) -> Vec<String> {
+        [
+            "--policy",
+            s(policy),
+            "--samples",
+            s(&self.samples),
+            "--winrates",
+            s(&self.winrates),
+            "--policy-logprobs",
+            s(&self.policy_lp),
+            "--reference-logprobs",
+            s(&self.reference_lp),
+            "--out",
+            s(out),
+            "--optimizer",
+            "adamw",
+            "--warmup-ratio",
+            "0",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-3",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// Runs `args` expecting a refusal that names `flags`, and checks `kept` is unchanged.
+fn refused(t: &Scratch, bin: &str, args: &[String], flags: &[&str], kept: &Path) {
+    let before = std::fs::read(kept).unwrap();
+    let err = fails(t, bin, &strs(args));
+    for f in flags {
+        assert!(err.contains(f), "{bin}: expected {f} in:\n{err}");
+    }
+    assert_eq!(
+        std::fs::read(kept).unwrap(),
+        before,
+        "{bin}: {} changed",
+        kept.display()
+    );
+}
+
+#[test]
+fn an_output_that_is_an_input_or_a_model_file_is_refused() {
+    let t = Scratch::new("robust-overwrite");
+    let c = Chain::new(&t);
+    let weights = c.model.join("model.safetensors");
+    // The same file spelled another way.
+    let prompts_again = t.0.join(".").join("prompts.parquet");
+    let out_in = |out: &Path| sample_args(&c.model, &c.prompts, out);
+    refused(
+        &t,
+        "generate",
+        &out_in(&prompts_again),
+        &["--out", "--prompts"],
+        &c.prompts,
+    );
+    refused(
+        &t,
+        "generate",
+        &out_in(&weights),
+        &["--out", "--model"],
+        &weights,
+    );
+
+    let lp = |out: &Path| logprobs_args(&c.model, &c.samples, "policy", out);
+    refused(
+        &t,
+        "generate",
+        &lp(&c.samples),
+        &["--out", "--samples"],
+        &c.samples,
+    );
+    refused(
+        &t,
+        "generate",
+        &lp(&weights),
+        &["--out", "--model"],
+        &weights,
+    );
+
+    let score = score_args(&c.samples, &c.samples);
+    refused(&t, "score", &score, &["--out", "--samples"], &c.samples);
+    let winrate = [
+        "--preferences",
+        s(&c.preferences),
+        "--out",
+        s(&c.preferences),
+    ]
+    .map(String::from)
+    .to_vec();
+    let flags = ["--out", "--preferences"];
+    refused(&t, "estimate-winrate", &winrate, &flags, &c.preferences);
+
+    // train-step: --out is a folder; its model/ would overwrite the policy, and --out must
+    // not be an input file.
+    let run = t.path("run");
+    let policy = model_copy(&run.join("model"));
+    let policy_weights = policy.join("model.safetensors");
+    let train = c.train_args(&policy, &run);
+    refused(
+        &t,
+        "train-step",
+        &train,
+        &["--out", "--policy"],
+        &policy_weights,
+    );
+    let train = c.train_args(&c.model, &c.samples);
+    refused(
+        &t,
+        "train-step",
+        &train,
+        &["--out", "--samples"],
+        &c.samples,
+    );
+}
