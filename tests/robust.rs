@@ -232,3 +232,55 @@ fn an_output_that_is_an_input_or_a_model_file_is_refused() {
         &c.samples,
     );
 }
+
+/// Sets every value of `model.norm.weight` in `weights` to NaN: every logit becomes NaN.
+fn poison(weights: &Path) {
+    let dev = candle_core::Device::Cpu;
+    let mut tensors = candle_core::safetensors::load(weights, &dev).unwrap();
+    let norm = tensors
+        .get_mut("model.norm.weight")
+        .expect("model.norm.weight");
+    *norm = norm.affine(0.0, f64::NAN).unwrap();
+    candle_core::safetensors::save(&tensors, weights).unwrap();
+}
+
+#[test]
+fn nan_weights_are_an_error_naming_the_model_prompt_and_sample() {
+    let t = Scratch::new("robust-nan");
+    let model = model_copy(&t.path("nan-model"));
+    poison(&model.join("model.safetensors"));
+    let prompts = t.path("prompts.parquet");
+    write_prompts(&prompts, &TEXTS);
+    let out = t.path("samples.parquet");
+    let err = fails(&t, "generate", &strs(&sample_args(&model, &prompts, &out)));
+    let named = |err: &str| {
+        assert!(
+            err.contains("--model") && err.contains("nan-model"),
+            "names the model:\n{err}"
+        );
+        assert!(
+            err.contains("prompt \"p0\", sample 0"),
+            "names the prompt and sample:\n{err}"
+        );
+        assert!(err.contains("NaN"), "says what was found:\n{err}");
+    };
+    named(&err);
+    assert!(!out.exists(), "no output after a failed run");
+
+    // Finite samples of the real model, scored by the NaN one.
+    let samples = t.path("good-samples.parquet");
+    let good = fixture("tiny-llama");
+    ok(
+        &t,
+        "generate",
+        &strs(&sample_args(&good, &prompts, &samples)),
+    );
+    let lp = t.path("logprobs.parquet");
+    let err = fails(
+        &t,
+        "generate",
+        &strs(&logprobs_args(&model, &samples, "policy", &lp)),
+    );
+    named(&err);
+    assert!(!lp.exists(), "no output after a failed run");
+}

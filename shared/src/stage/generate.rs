@@ -209,7 +209,7 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
     for group in pending.chunks(per_batch) {
         let batch: Vec<(&PromptRow, &RenderedPrompt)> =
             group.iter().map(|&i| (&prompts[i], &rendered[i])).collect();
-        let rows = sample_batch(&model, &ck, s, &batch, &mut progress)?;
+        let rows = sample_batch((job.model, &model), &ck, s, &batch, &mut progress)?;
         let keys: Vec<&str> = batch.iter().map(|(p, _)| p.prompt_id.as_str()).collect();
         store.write_chunk(&keys, &rows)?;
         progress.advance(group.len() as u64);
@@ -285,7 +285,7 @@ fn render_prompts(
 
 /// K samples of each prompt of `batch`, decoded together, as rows.
 fn sample_batch(
-    model: &Transformer,
+    (label, model): (&str, &Transformer),
     ck: &Checkpoint,
     s: &GenerateSettings,
     batch: &[(&PromptRow, &RenderedPrompt)],
@@ -316,6 +316,14 @@ fn sample_batch(
     let mut rows = Vec::with_capacity(outputs.len());
     for (r, (req, out)) in requests.iter().zip(outputs).enumerate() {
         let (prompt, rendered) = batch[r / s.k as usize];
+        ensure!(
+            out.sample_logprob.is_finite(),
+            "--model {label}: prompt {:?}, sample {}: the log-prob of the sampled response is {}; \
+             expected a finite number (are the weights or the logits NaN?)",
+            prompt.prompt_id,
+            r % s.k as usize,
+            out.sample_logprob
+        );
         rows.push(SampleRow {
             prompt_id: prompt.prompt_id.clone(),
             sample_idx: (r % s.k as usize) as u32,

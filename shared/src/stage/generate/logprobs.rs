@@ -1,7 +1,7 @@
 //! `generate logprobs`: log pi(response | prompt) of every sample under a model, per token and
 //! summed, through the same forward pass training uses; resumable in chunks of whole prompts.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -82,7 +82,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
         .with_context(|| format!("--model {}: cannot load the weights", job.model))?;
 
     let mut store = ChunkStore::open(job.out, output.fingerprint())?;
-    score_pending(&model, &samples, s.batch_size, &mut store)?;
+    score_pending((job.model, &model), &samples, s.batch_size, &mut store)?;
     let order: HashMap<(&str, u32), usize> = samples
         .iter()
         .enumerate()
@@ -146,7 +146,7 @@ fn check_lengths(path: &Path, samples: &[SampleRow], limit: usize) -> Result<()>
 /// Log-probs of every sample not yet in `store`, written in chunks of whole prompts with about
 /// `batch_size` rows each.
 fn score_pending(
-    model: &Transformer,
+    model: (&str, &Transformer),
     samples: &[SampleRow],
     batch_size: usize,
     store: &mut ChunkStore,
@@ -199,7 +199,10 @@ fn score_pending(
 }
 
 /// One teacher-forced pass over `batch`: per-token log-probs and their sum.
-fn logprob_rows(model: &Transformer, batch: &[&SampleRow]) -> Result<Vec<LogprobRow>> {
+fn logprob_rows(
+    (label, model): (&str, &Transformer),
+    batch: &[&SampleRow],
+) -> Result<Vec<LogprobRow>> {
     let pr: Vec<PromptResponse> = batch
         .iter()
         .map(|r| PromptResponse {
@@ -208,6 +211,17 @@ fn logprob_rows(model: &Transformer, batch: &[&SampleRow]) -> Result<Vec<Logprob
         })
         .collect();
     let lp = teacher_forced_logprobs(model, &pr)?.to_vecs()?;
+    for (r, tokens) in batch.iter().zip(&lp) {
+        if let Some(i) = tokens.iter().position(|t| !t.is_finite()) {
+            bail!(
+                "--model {label}: prompt {:?}, sample {}: the log-prob of response token {i} is \
+                 {}; expected a finite number (are the weights or the logits NaN?)",
+                r.prompt_id,
+                r.sample_idx,
+                tokens[i]
+            );
+        }
+    }
     Ok(batch
         .iter()
         .zip(lp)
