@@ -284,3 +284,36 @@ fn nan_weights_are_an_error_naming_the_model_prompt_and_sample() {
     named(&err);
     assert!(!lp.exists(), "no output after a failed run");
 }
+
+/// Runs train-step and returns the bytes of its train_log.parquet.
+fn train_log(t: &Scratch, args: &[String], out: &Path) -> Vec<u8> {
+    ok(t, "train-step", &strs(args));
+    std::fs::read(out.join("train_log.parquet")).unwrap()
+}
+
+#[test]
+fn train_log_is_the_same_bytes_across_runs_and_resumes() {
+    let t = Scratch::new("robust-train-log");
+    let c = Chain::new(&t);
+    let (a, b, resumed) = (t.path("a"), t.path("b"), t.path("resumed"));
+    let first = train_log(&t, &c.train_args(&c.model, &a), &a);
+    assert!(
+        first == train_log(&t, &c.train_args(&c.model, &b), &b),
+        "two identical runs: identical train_log.parquet"
+    );
+    let args = c.train_args(&c.model, &resumed);
+    let stopped = std::process::Command::new(e2e::bin("train-step"))
+        .args(&args)
+        .env("RSPO_CACHE_DIR", t.path(".cache"))
+        .env(rspo::stage::train_step::STOP_AFTER_ENV, "1")
+        .output()
+        .unwrap();
+    assert!(!stopped.status.success(), "stopped after step 1");
+    let log = ok(&t, "train-step", &strs(&args));
+    assert!(log.contains("resuming after step 1"), "{log}");
+    assert!(log.contains(" s\n"), "step times are in the log: {log}");
+    assert!(
+        first == std::fs::read(resumed.join("train_log.parquet")).unwrap(),
+        "a resumed run: the train_log.parquet of an uninterrupted one"
+    );
+}

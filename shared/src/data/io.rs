@@ -568,7 +568,6 @@ mod tests {
             grad_norm: 0.3,
             lr: 5e-7,
             tokens: 1024,
-            seconds: 2.5,
             mean_logratio_t: 0.01,
             mean_logratio_ref: -0.02,
         };
@@ -852,7 +851,6 @@ mod tests {
                 grad_norm: 0.0,
                 lr: 0.0,
                 tokens: 0,
-                seconds: 0.0,
                 mean_logratio_t: 0.0,
                 mean_logratio_ref: 0.0,
             },
@@ -865,7 +863,6 @@ mod tests {
                 grad_norm: 0.0,
                 lr: 0.0,
                 tokens: 0,
-                seconds: 0.0,
                 mean_logratio_t: 0.0,
                 mean_logratio_ref: 0.0,
             },

@@ -35,11 +35,10 @@ pub const TRAIN_LOG_LEADING: [(&str, DataType); 4] = [
 ];
 
 /// The fixed train_log columns after the regularizer terms.
-pub const TRAIN_LOG_TRAILING: [(&str, DataType); 6] = [
+pub const TRAIN_LOG_TRAILING: [(&str, DataType); 5] = [
     ("grad_norm", DataType::Float64),
     ("lr", DataType::Float64),
     ("tokens", DataType::UInt64),
-    ("seconds", DataType::Float64),
     ("mean_logratio_t", DataType::Float64),
     ("mean_logratio_ref", DataType::Float64),
 ];
@@ -341,7 +340,6 @@ mod tests {
                 "grad_norm",
                 "lr",
                 "tokens",
-                "seconds",
                 "mean_logratio_t",
                 "mean_logratio_ref"
             ]

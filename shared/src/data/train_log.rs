@@ -16,7 +16,8 @@ use super::schema::{
     check_columns, describe_type, is_train_log_fixed_column, train_log_schema, FileKind,
 };
 
-/// One optimizer step. Serde gives its JSON form in train-step's resume state.
+/// One optimizer step. Its wall-clock time is printed, never stored: the file is the same bytes
+/// for the same run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainLogRow {
     /// Optimizer step, counted from 1 within the iteration.
@@ -33,8 +34,6 @@ pub struct TrainLogRow {
     pub lr: f64,
     /// Response tokens in the step's batch.
     pub tokens: u64,
-    /// Wall-clock seconds of the step.
-    pub seconds: f64,
     pub mean_logratio_t: f64,
     pub mean_logratio_ref: f64,
 }
@@ -109,7 +108,6 @@ impl Rows for TrainLogRow {
             f64_array(rows.iter().map(|r| r.grad_norm)),
             f64_array(rows.iter().map(|r| r.lr)),
             u64_array(rows.iter().map(|r| r.tokens)),
-            f64_array(rows.iter().map(|r| r.seconds)),
             f64_array(rows.iter().map(|r| r.mean_logratio_t)),
             f64_array(rows.iter().map(|r| r.mean_logratio_ref)),
         ]);
@@ -126,7 +124,6 @@ impl Rows for TrainLogRow {
         let grad_norm = f64s("grad_norm")?;
         let lr = f64s("lr")?;
         let tokens = c.values::<UInt64Type>("tokens")?;
-        let seconds = f64s("seconds")?;
         let mean_logratio_t = f64s("mean_logratio_t")?;
         let mean_logratio_ref = f64s("mean_logratio_ref")?;
         let mut terms: Vec<(String, Vec<f64>)> = Vec::new();
@@ -149,7 +146,6 @@ impl Rows for TrainLogRow {
                 grad_norm: grad_norm[i],
                 lr: lr[i],
                 tokens: tokens[i],
-                seconds: seconds[i],
                 mean_logratio_t: mean_logratio_t[i],
                 mean_logratio_ref: mean_logratio_ref[i],
             })

@@ -1,9 +1,9 @@
 //! The resumable state of a `train-step` run, in `.train-state/` under `--out`.
 //!
 //! Every `--state-every` optimizer steps the run saves `step-NNNNNN/`: the trainable parameters
-//! (`params.safetensors`), the optimizer state (`optimizer.safetensors`) and `state.json`: the
-//! run's fingerprint, the steps done and the train-log rows so far, each a [`TrainLogRow`] with
-//! its field names. The folder is written atomically and older ones are removed after it, so
+//! (`params.safetensors`), the optimizer state (`optimizer.safetensors`), the train-log rows so
+//! far (`log.parquet`, exact to the bit: a resumed run writes the bytes of an uninterrupted
+//! one) and `state.json`: the run's fingerprint and the steps done. The folder is written atomically and older ones are removed after it, so
 //! the latest complete state is always there. A run with the same fingerprint resumes from it;
 //! the folder goes once the run's outputs are written.
 
@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::data::{write_dir_atomically, TrainLogRow};
+use crate::data::{read_rows, write_dir_atomically, write_rows, FileKind, FileMeta, TrainLogRow};
 use crate::train::{Optimizer, TrainableModel};
 
 const STATE_DIR: &str = ".train-state";
 const STATE_FILE: &str = "state.json";
 const PARAMS_FILE: &str = "params.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const LOG_FILE: &str = "log.parquet";
 const STEP_PREFIX: &str = "step-";
 
 /// The folder name of a saved state (`step-NNNNNN`); `None` for anything else.
@@ -35,7 +36,6 @@ struct SavedState {
     fingerprint: String,
     /// Optimizer steps completed.
     step: u64,
-    log: Vec<TrainLogRow>,
 }
 
 /// The state folder of one run: `--out` and the fingerprint of its settings and inputs.
@@ -77,13 +77,14 @@ impl TrainState {
         let state = SavedState {
             fingerprint: self.fingerprint.clone(),
             step,
-            log: log.to_vec(),
         };
         write_dir_atomically(&self.dir.join(&name), |dir| -> Result<()> {
             let params: HashMap<String, Tensor> = trainable.param_tensors().into_iter().collect();
             candle_core::safetensors::save(&params, dir.join(PARAMS_FILE))
                 .with_context(|| format!("cannot write {}", dir.join(PARAMS_FILE).display()))?;
             optimizer.save(dir.join(OPTIMIZER_FILE))?;
+            let meta = FileMeta::new(FileKind::TrainLog, "train-step", self.fingerprint.clone());
+            write_rows(&dir.join(LOG_FILE), &meta, log)?;
             std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state)?)
                 .with_context(|| format!("cannot write {}", dir.join(STATE_FILE).display()))
         })?;
@@ -116,13 +117,15 @@ impl TrainState {
         optimizer
             .load(dir.join(OPTIMIZER_FILE))
             .with_context(|| format!("cannot resume from {}", dir.display()))?;
+        let (_, log) = read_rows::<TrainLogRow>(&dir.join(LOG_FILE))
+            .with_context(|| format!("cannot resume from {}", dir.display()))?;
         ensure!(
-            optimizer.step_count() == saved.step && saved.log.len() as u64 == saved.step,
+            optimizer.step_count() == saved.step && log.len() as u64 == saved.step,
             "{}: the saved state is inconsistent (optimizer at step {}, {} log rows, state.json \
              step {}); remove {} or run with --force",
             dir.display(),
             optimizer.step_count(),
-            saved.log.len(),
+            log.len(),
             saved.step,
             self.dir.display()
         );
@@ -131,7 +134,7 @@ impl TrainState {
             saved.step,
             dir.display()
         );
-        Ok(saved.log)
+        Ok(log)
     }
 
     /// The latest complete saved state of this run (same fingerprint), if any. Temporaries of
@@ -164,10 +167,8 @@ impl TrainState {
 mod tests {
     use super::*;
 
-    /// `state.json` as train-step has always written it: the log rows' fields by name.
-    const SAVED: &str = r#"{"fingerprint":"fp","step":1,"log":[{"step":1,"epoch":0.5,
-        "loss":2.5,"self_play":2.0,"terms":{"reverse_kl":1.0},"grad_norm":0.25,"lr":0.001,
-        "tokens":64,"seconds":0.125,"mean_logratio_t":-0.5,"mean_logratio_ref":0.75}]}"#;
+    /// `state.json`: the run's fingerprint and the steps done.
+    const SAVED: &str = r#"{"fingerprint":"fp","step":1}"#;
 
     #[test]
     fn finds_the_latest_state_of_this_run_only() {
@@ -185,19 +186,12 @@ mod tests {
         put("step-000002", &SAVED.replace("\"fp\"", "\"other\""));
         put(
             ".step-000003.tmp-1-0",
-            &SAVED.replace("\"step\":1,\"log", "\"step\":3,\"log"),
+            &SAVED.replace("\"step\":1", "\"step\":3"),
         );
-        put("step-000004", &SAVED[..40]);
+        put("step-000004", &SAVED[..20]);
         let (dir, saved) = state.latest().expect("the saved state");
         assert_eq!(dir, state.dir().join("step-000001"));
         assert_eq!(saved.step, 1);
-        let row = &saved.log[0];
-        assert_eq!((row.step, row.loss, row.tokens), (1, 2.5, 64));
-        assert_eq!(row.terms.get("reverse_kl"), Some(&1.0));
-        assert_eq!(serde_json::to_value(&saved.log).unwrap(), {
-            let v: serde_json::Value = serde_json::from_str(SAVED).unwrap();
-            v["log"].clone()
-        });
         state.remove().unwrap();
         assert!(!state.dir().exists());
         std::fs::remove_dir_all(&out).ok();

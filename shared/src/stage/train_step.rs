@@ -643,10 +643,16 @@ impl<'a> Training<'a> {
         let mut progress = Progress::new(STAGE, total, "tokens");
         progress.advance(start);
         for k in start as usize..self.plan.len() {
+            let started = Instant::now();
             let row = self.step(k)?;
             eprintln!(
                 "train-step: step {}/{total}: loss {:.6e}, grad norm {:.4e}, lr {:.3e}, {} tokens in {:.2} s",
-                row.step, row.loss, row.grad_norm, row.lr, row.tokens, row.seconds
+                row.step,
+                row.loss,
+                row.grad_norm,
+                row.lr,
+                row.tokens,
+                started.elapsed().as_secs_f64()
             );
             progress.add_units(row.tokens);
             log.push(row);
@@ -674,7 +680,6 @@ impl<'a> Training<'a> {
     /// Optimizer step `k` of the plan: the gradients of the loss, clipped, the update; its row
     /// of the train log.
     fn step(&mut self, k: usize) -> Result<TrainLogRow> {
-        let started = Instant::now();
         let s = self.settings;
         let step = &self.plan[k];
         let batch: Vec<&Example> = step.examples.iter().map(|&i| &self.examples[i]).collect();
@@ -710,7 +715,6 @@ impl<'a> Training<'a> {
             grad_norm,
             lr,
             tokens: out.tokens,
-            seconds: started.elapsed().as_secs_f64(),
             mean_logratio_t: loss.mean_logratio_t,
             mean_logratio_ref: loss.mean_logratio_ref,
         })
