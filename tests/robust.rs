@@ -317,3 +317,70 @@ fn train_log_is_the_same_bytes_across_runs_and_resumes() {
         "a resumed run: the train_log.parquet of an uninterrupted one"
     );
 }
+
+/// Every file under `dir`, by name, with its bytes.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn evaluate_is_up_to_date_when_nothing_that_shapes_it_changed() {
+    let t = Scratch::new("robust-evaluate");
+    let prompts = t.path("prompts.parquet");
+    write_prompts(&prompts, &TEXTS);
+    let (base, other) = (fixture("tiny-llama"), fixture("rspo-oracle/policy"));
+    let (out, timings) = (t.path("eval"), t.path("timings.tsv"));
+    std::fs::write(&timings, "generate\t1.5\n").unwrap();
+    let args = |k: &'static str, batch: &'static str| -> Vec<String> {
+        [
+            "--models",
+            s(&base),
+            s(&other),
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(&out),
+            "--judge",
+            "reward-model",
+            "--judge-model",
+            s(&fixture("tiny-llama-rm")),
+            "--baseline",
+            s(&base),
+            "--k",
+            k,
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            batch,
+            "--timings",
+            s(&timings),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let log = ok(&t, "evaluate", &strs(&args("2", "8")));
+    assert!(log.contains("judging"), "{log}");
+    let first = files(&out);
+    // Same command; another batch size; new stage timings: nothing that shapes the files.
+    std::fs::write(&timings, "generate\t2.5\n").unwrap();
+    for batch in ["8", "3"] {
+        let log = ok(&t, "evaluate", &strs(&args("2", batch)));
+        assert!(log.contains("is up to date"), "{log}");
+        assert!(!log.contains("judging"), "no work: {log}");
+        assert!(files(&out) == first, "the files are unchanged");
+    }
+    // Another K shapes them.
+    let log = ok(&t, "evaluate", &strs(&args("3", "8")));
+    assert!(
+        log.contains("judging") && !log.contains("is up to date"),
+        "{log}"
+    );
+}

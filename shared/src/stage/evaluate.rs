@@ -8,16 +8,18 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::context::{Outcome, StageOutput};
+use super::context::{content_config, Outcome, StageOutput};
 use super::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
 use super::score::ScoreSettings;
 use super::settings::Settings;
 use crate::data::{
-    read_meta, read_prompts, read_rows, write_atomically, write_rows, EvalRow, FileKind, FileMeta,
-    FinishReason, LogprobRow, PromptOptions, PromptRow, SampleRow,
+    read_meta, read_prompts, read_rows, stage_fingerprint, write_atomically, write_rows,
+    DigestCache, EvalRow, FileKind, FileMeta, FinishReason, LogprobRow, PromptOptions, PromptRow,
+    SampleRow,
 };
 use crate::eval::{char_length, diversity, lc_winrate};
 use crate::judge::{find_judge, Judge, JudgeItem, JudgeSpec};
+use crate::model::{model_ref, resolve_model};
 
 /// The `[evaluate]` section of a pipeline file; flags override it. The judge's settings come
 /// from `[score]`.
@@ -175,6 +177,10 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
     }
     let baseline = Baseline::new(job, &gen, &prompts, &files)?;
     let output = eval_output(job, &prompts_meta, &files, &names, &judge_spec)?;
+    let run = RunFingerprint::new(job, &output, &baseline)?;
+    if !job.force && run.is_up_to_date(&output) {
+        return Ok(Outcome::UpToDate);
+    }
     let judge = (judge_spec.load)()?;
     let reference = s
         .reference_model
@@ -193,6 +199,7 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
     }
     write_rows(&output.path, &output.meta, &eval_rows)?;
     write_reports(job, &summaries, &judge.name(), started)?;
+    run.record()?;
     Ok(Outcome::Written {
         rows: eval_rows.len(),
     })
@@ -227,6 +234,8 @@ struct Baseline<'a> {
     /// The prompts, by prompt_id: their reference answers and constraints, for judges that
     /// use them.
     prompts: HashMap<&'a str, &'a PromptRow>,
+    /// The responses of a baseline model that is not one of the evaluated models.
+    file: Option<PathBuf>,
 }
 
 impl<'a> Baseline<'a> {
@@ -238,6 +247,7 @@ impl<'a> Baseline<'a> {
     ) -> Result<Self> {
         let s = job.settings;
         let by_id = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
+        let mut own_file = None;
         let texts = if s.baseline == "reference" {
             let mut out = HashMap::new();
             for p in prompts {
@@ -256,7 +266,11 @@ impl<'a> Baseline<'a> {
         } else {
             let file = match job.models.iter().position(|m| *m == s.baseline) {
                 Some(i) => files[i].clone(),
-                None => responses(job, gen, &s.baseline, "responses-baseline.parquet")?,
+                None => {
+                    let f = responses(job, gen, &s.baseline, "responses-baseline.parquet")?;
+                    own_file = Some(f.clone());
+                    f
+                }
             };
             let (_, rows) = read_rows::<SampleRow>(&file)?;
             rows.into_iter()
@@ -266,6 +280,7 @@ impl<'a> Baseline<'a> {
         Ok(Baseline {
             texts,
             prompts: by_id,
+            file: own_file,
         })
     }
 }
@@ -292,6 +307,59 @@ fn eval_output(
         &input_refs,
         &judge.models,
     )
+}
+
+/// The files `evaluate` writes in --out; all there and `RunFingerprint` unchanged: up to date.
+const EVALUATE_FILES: [&str; 4] = ["eval.parquet", "summary.json", "chart.svg", "report.md"];
+
+/// Everything that shapes evaluate's files, in `.evaluate-fingerprint` under --out, written
+/// last (an interrupted run is never up to date). eval.parquet's fingerprint covers the
+/// prompts, the responses and the judge; the sampling settings, the model paths, the reference
+/// model and a baseline model's responses shape summary.json and report.md too. Batch size,
+/// device and the stage timings of the report never make it rerun.
+struct RunFingerprint {
+    path: PathBuf,
+    value: String,
+}
+
+impl RunFingerprint {
+    fn new(job: &EvaluateJob, eval: &StageOutput, baseline: &Baseline) -> Result<Self> {
+        let reference = job
+            .settings
+            .reference_model
+            .as_ref()
+            .unwrap_or(&job.models[0]);
+        let reference = model_ref(
+            &resolve_model(reference)?,
+            DigestCache::recompute_if(job.force),
+        )?;
+        let mut inputs = vec![eval.fingerprint().to_string()];
+        if let Some(f) = &baseline.file {
+            inputs.push(read_meta(f)?.fingerprint);
+        }
+        let config = json!({
+            "settings": content_config(job.settings, &["batch_size", "device"])?,
+            "models": job.models,
+            "prompts": job.prompts.display().to_string(),
+        });
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let models = [("reference", reference.digest.as_str())];
+        Ok(RunFingerprint {
+            path: job.out.join(".evaluate-fingerprint"),
+            value: stage_fingerprint("evaluate", "evaluate-run/v1", &config, &inputs, &models),
+        })
+    }
+
+    fn is_up_to_date(&self, eval: &StageOutput) -> bool {
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        eval.is_up_to_date()
+            && EVALUATE_FILES.iter().all(|f| dir.join(f).is_file())
+            && std::fs::read_to_string(&self.path).is_ok_and(|v| v.trim() == self.value)
+    }
+
+    fn record(&self) -> Result<()> {
+        write_text(&self.path, &format!("{}\n", self.value))
+    }
 }
 
 /// Mean over a model's samples (`file`) of log pi(y) - log pi_ref(y): a KL(pi || pi_ref)
