@@ -384,3 +384,72 @@ fn evaluate_is_up_to_date_when_nothing_that_shapes_it_changed() {
         "{log}"
     );
 }
+
+#[test]
+fn late_checks_come_before_any_work() {
+    let t = Scratch::new("robust-late");
+    let c = Chain::new(&t);
+    // evaluate --k 1: refused before any response is generated.
+    let eval = t.path("eval");
+    let judge = fixture("tiny-llama-rm");
+    let args = [
+        "--models",
+        s(&c.model),
+        "--prompts",
+        s(&c.prompts),
+        "--out",
+        s(&eval),
+        "--judge",
+        "reward-model",
+        "--judge-model",
+        s(&judge),
+        "--baseline",
+        s(&c.model),
+        "--k",
+        "1",
+    ];
+    let err = fails(&t, "evaluate", &args);
+    assert!(err.contains("--k 1") && err.contains("at least 2"), "{err}");
+    assert!(
+        !eval.join("responses-policy.parquet").exists(),
+        "no work done"
+    );
+
+    // An --out that is an existing directory.
+    let dir = t.path("a-dir");
+    std::fs::create_dir(&dir).unwrap();
+    let err = fails(
+        &t,
+        "generate",
+        &strs(&sample_args(&c.model, &c.prompts, &dir)),
+    );
+    assert!(
+        err.contains("--out") && err.contains("a-dir") && err.contains("directory"),
+        "{err}"
+    );
+    assert!(!err.contains("wrote"), "{err}");
+    let err = fails(
+        &t,
+        "estimate-winrate",
+        &["--preferences", s(&c.preferences), "--out", s(&dir)],
+    );
+    assert!(err.contains("--out") && err.contains("directory"), "{err}");
+
+    // --dtype f16: the help lists f32 and bf16 only.
+    let mut args = sample_args(&c.model, &c.prompts, &t.path("f16.parquet"));
+    args.extend(["--dtype".to_string(), "f16".to_string()]);
+    let err = fails(&t, "generate", &strs(&args));
+    assert!(
+        err.contains("--dtype f16") && err.contains("f32 or bf16"),
+        "{err}"
+    );
+
+    // The trained model is readable by others, like every other output.
+    let out = t.path("trained");
+    ok(&t, "train-step", &strs(&c.train_args(&c.model, &out)));
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["model/model.safetensors", "train_log.parquet"] {
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{f}: mode {mode:o}");
+    }
+}

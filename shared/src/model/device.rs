@@ -54,12 +54,11 @@ pub fn dtype_for(setting: Option<&str>, device: &Device) -> Result<DType> {
         None if device.is_cuda() => Ok(DType::BF16),
         None | Some("f32") | Some("float32") => Ok(DType::F32),
         Some("bf16") | Some("bfloat16") => Ok(DType::BF16),
-        Some("f16") | Some("float16") => Ok(DType::F16),
-        Some(other) => bail!("dtype {other}: expected f32, bf16 or f16"),
+        Some(other) => bail!("--dtype {other}: expected f32 or bf16"),
     }
 }
 
-/// A dtype as settings and fingerprints spell it: `f32`, `bf16`, `f16`.
+/// A dtype as settings and fingerprints spell it: `f32`, `bf16`.
 pub fn dtype_name(dtype: DType) -> String {
     format!("{dtype:?}").to_lowercase()
 }

@@ -155,5 +155,17 @@ pub fn save_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Resu
     .map_err(|e| ModelError::Config {
         path: path.to_path_buf(),
         message: format!("cannot write safetensors: {e}"),
-    })
+    })?;
+    // The writer creates the file private (0600); a model is read by others like every output.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| {
+            ModelError::Config {
+                path: path.to_path_buf(),
+                message: format!("cannot make it readable: {e}"),
+            }
+        })?;
+    }
+    Ok(())
 }

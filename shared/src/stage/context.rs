@@ -112,6 +112,24 @@ fn resolved(p: &Path) -> Option<PathBuf> {
     dir.canonicalize().ok().map(|d| d.join(name))
 }
 
+/// Refuses, before any work, an output file (flag, path) that is an existing directory or would
+/// overwrite what the run reads (see [`refuse_overwriting_inputs`]).
+pub fn check_output_files(
+    outputs: &[(&str, &Path)],
+    inputs: &[(&str, &Path)],
+    models: &[(&str, &Path)],
+) -> Result<()> {
+    for (flag, out) in outputs {
+        if out.is_dir() {
+            bail!(
+                "{flag} {}: an existing directory; expected a file path",
+                out.display()
+            );
+        }
+    }
+    refuse_overwriting_inputs(outputs, inputs, models)
+}
+
 /// Refuses, before any work, an output (flag, path) that would overwrite what the run reads:
 /// one of the `inputs` (flag, path), or a file of a model (flag, directory or GGUF file) or a
 /// folder holding one.

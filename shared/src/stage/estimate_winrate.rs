@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::context::{refuse_overwriting_inputs, Outcome, StageOutput};
+use super::context::{check_output_files, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{read_rows, write_rows, FileKind, PreferenceRow, WinrateRow};
@@ -134,7 +134,7 @@ pub fn read_preference_matrices(
 
 /// `estimate-winrate`: winrates.parquet from preferences.parquet.
 pub fn estimate_winrate(job: &WinrateJob) -> Result<WinrateReport> {
-    refuse_overwriting_inputs(
+    check_output_files(
         &[("--out", job.out)],
         &[("--preferences", job.preferences)],
         &[],

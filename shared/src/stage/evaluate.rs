@@ -149,7 +149,11 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let s = job.settings;
     ensure!(!job.models.is_empty(), "--models: give at least one model");
-    ensure!(s.k >= 1, "--k {}: expected at least 1", s.k);
+    ensure!(
+        s.k >= 2,
+        "--k {}: expected at least 2 (self-BLEU compares the samples of a prompt)",
+        s.k
+    );
     std::fs::create_dir_all(job.out)
         .with_context(|| format!("cannot create --out {}", job.out.display()))?;
     let (prompts_meta, prompts) = read_prompts(job.prompts, &PromptOptions::default())?;

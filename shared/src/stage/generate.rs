@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 mod logprobs;
 pub use logprobs::{logprobs, LogprobsJob};
 
-use super::context::{
-    content_config, refuse_overwriting_inputs, skip_chunked_run, Outcome, StageOutput,
-};
+use super::context::{check_output_files, content_config, skip_chunked_run, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -163,7 +161,7 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
     let s = job.settings;
     check_sampling(s)?;
     let (dir, ck) = open_checkpoint(job.model)?;
-    refuse_overwriting_inputs(
+    check_output_files(
         &[("--out", job.out)],
         &[("--prompts", job.prompts)],
         &[("--model", &dir)],

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::context::{refuse_overwriting_inputs, skip_chunked_run, Outcome, StageOutput};
+use super::context::{check_output_files, skip_chunked_run, Outcome, StageOutput};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -150,7 +150,7 @@ pub fn score_with_judge(
         inputs.push((p, m));
     }
     let outputs = Outputs::new(job, comparison, &spec, &inputs, groups[0].rows.len())?;
-    outputs.refuse_overwriting_inputs(job, &spec)?;
+    outputs.check_output_files(job, &spec)?;
     let mut report = outputs.report(&groups, comparison);
     if skip_chunked_run(&outputs.chunked().path, outputs.are_up_to_date(), job.force)? {
         report.seconds = start.elapsed().as_secs_f64();
@@ -252,7 +252,7 @@ impl Outputs {
     }
 
     /// Refuses an output that is an input or lies in the judge model's folder.
-    fn refuse_overwriting_inputs(&self, job: &ScoreJob, spec: &JudgeSpec) -> Result<()> {
+    fn check_output_files(&self, job: &ScoreJob, spec: &JudgeSpec) -> Result<()> {
         let mut outs = vec![("--out", self.preferences.path.as_path())];
         if let Some(s) = &self.scores {
             outs.push(("--scores-out", s.path.as_path()));
@@ -267,7 +267,7 @@ impl Outputs {
             .iter()
             .map(|(_, m)| ("--judge-model", Path::new(&m.path)))
             .collect();
-        refuse_overwriting_inputs(&outs, &inputs, &models)
+        check_output_files(&outs, &inputs, &models)
     }
 
     /// The output the judging loop writes chunk by chunk.

@@ -14,7 +14,7 @@ use crate::model::{
     dtype_for, dtype_name, model_ref, parse_device, teacher_forced_logprobs, PromptResponse,
     Transformer,
 };
-use crate::stage::context::{refuse_overwriting_inputs, skip_chunked_run, Outcome, StageOutput};
+use crate::stage::context::{check_output_files, skip_chunked_run, Outcome, StageOutput};
 use crate::stage::progress::Progress;
 
 pub struct LogprobsJob<'a> {
@@ -42,7 +42,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
     let (dir, ck) = open_checkpoint(job.model)?;
     let mut inputs = vec![("--samples", job.samples)];
     inputs.extend(job.reuse.map(|p| ("--reuse", p)));
-    refuse_overwriting_inputs(&[("--out", job.out)], &inputs, &[("--model", &dir)])?;
+    check_output_files(&[("--out", job.out)], &inputs, &[("--model", &dir)])?;
     let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
     ensure!(!samples.is_empty(), "{}: no samples", job.samples.display());
     let device = parse_device(&s.device)?;
