@@ -21,7 +21,7 @@ BIN      ?= $(if $(filter cuda,$(FEATURES)),target/cuda/release,target/release)
 BUILD    ?= build
 
 # The [pipeline] section as make variables (BASE_MODEL, JUDGE, JUDGE_MODEL, PROMPTS,
-# PROMPT_PARTS, EVAL_PROMPTS, BASELINE), written by our own reader after it checks the whole
+# PROMPT_PARTS, EVAL_PROMPTS, BASELINE; JUDGE_READS_PROMPTS from the judge registry), written by our own reader after it checks the whole
 # file, so that make and the stages read one file one way. make remakes it when the pipeline
 # file changes, then starts over with the values.
 PIPELINE_VARS = $(RUNDIR)/pipeline.mk
@@ -105,7 +105,8 @@ $(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parq
 	@touch $$@
 
 $(RUNDIR)/iter-$(1)/preferences.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE)
-	$(TIMED) score-$(1) $$@ -- $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) --out $$@
+	$(TIMED) score-$(1) $$@ -- $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) \
+	  $(if $(JUDGE_READS_PROMPTS),--prompts $(call prompts_for,$(1))) --out $$@
 	@touch $$@
 
 $(RUNDIR)/iter-$(1)/winrates.parquet: $(RUNDIR)/iter-$(1)/preferences.parquet $(PIPELINE)

@@ -25,8 +25,8 @@ use crate::model::{model_ref, resolve_model};
 /// from `[score]`.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct EvaluateSettings {
-    /// Samples per prompt: each is judged against the baseline's sample of the same index, and
-    /// all K measure diversity (self-BLEU needs K >= 2).
+    /// Samples per prompt: each is judged against the baseline's sample of the same index (or
+    /// the prompt's reference answer), and all K measure diversity (self-BLEU needs K >= 2).
     #[arg(long, default_value_t = 4)]
     pub k: u32,
     /// Sampling temperature; 0 is greedy.
@@ -578,8 +578,13 @@ fn report_markdown(
 ) -> String {
     let mut md = String::new();
     md.push_str("# RSPO evaluation\n\n");
+    let against = if baseline == "reference" {
+        "the prompt's reference answer"
+    } else {
+        "the baseline's sample of the same index"
+    };
     md.push_str(&format!(
-        "Judge: `{judge}`. Baseline: `{baseline}`. Win rates are the mean P(model beats baseline) over the evaluation prompts (each of the K samples against the baseline's sample of the same index); LC is the length-controlled win rate (minimal GLM).\n\n"
+        "Judge: `{judge}`. Baseline: `{baseline}`. Win rates are the mean P(model beats baseline) over the evaluation prompts (each of the K samples against {against}); LC is the length-controlled win rate (minimal GLM).\n\n"
     ));
     md.push_str("| model | win rate % | LC win rate % | mean length (chars) | EOS rate | self-BLEU-3 | distinct-1 | distinct-2 | KL est. (log-ratio to ref) |\n");
     md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");

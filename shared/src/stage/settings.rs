@@ -291,11 +291,19 @@ pub fn make_variables(path: &Path) -> Result<String> {
             path.display()
         );
     }
+    // The judge's registry entry says whether `score` must be given the prompts (for their
+    // references or constraints); an unknown judge fails here, before any stage runs.
+    let judge = crate::judge::find_judge(&p.judge)
+        .with_context(|| format!("{}: [pipeline] judge", path.display()))?;
     let escape = |v: &str| v.replace('$', "$$").replace('#', "\\#");
     let vars = [
         ("BASE_MODEL", p.base_model.clone()),
         ("JUDGE", p.judge.clone()),
         ("JUDGE_MODEL", p.judge_model.clone().unwrap_or_default()),
+        (
+            "JUDGE_READS_PROMPTS",
+            judge.needs_prompts.map_or("", |_| "yes").to_string(),
+        ),
         ("PROMPTS", p.prompts.clone()),
         ("PROMPT_PARTS", p.prompt_parts.max(1).to_string()),
         ("EVAL_PROMPTS", p.eval_prompts.clone()),
@@ -416,7 +424,7 @@ mod tests {
     #[test]
     fn make_variables_survive_comments_and_quote_nothing() {
         let (_d, path) = write(
-            "[pipeline]\nbase_model = \"data/models/tiny-policy\"  # start here\njudge = \"reward-model\"\n\
+            "[pipeline]\nbase_model = \"data/models/tiny-policy\"  # start here\njudge = \"instructions\"\n\
              prompts = \"p-{t}.parquet\"\nprompt_parts = 3\neval_prompts = \"e.parquet\"\nbaseline = \"reference\"\n",
         );
         let vars = make_variables(&path).unwrap();
@@ -425,7 +433,9 @@ mod tests {
             "{vars}"
         );
         assert!(
-            vars.contains("JUDGE_MODEL := \n") && vars.contains("PROMPT_PARTS := 3\n"),
+            vars.contains("JUDGE_MODEL := \n")
+                && vars.contains("PROMPT_PARTS := 3\n")
+                && vars.contains("JUDGE_READS_PROMPTS := yes\n"),
             "{vars}"
         );
         let (_d, path) = write("[pipeline]\njudge = \"x\"\n");
