@@ -14,18 +14,19 @@ use std::path::{Path, PathBuf};
 
 #[path = "../shared/tests/support/mod.rs"]
 mod support;
-use support::{expected_json, ids, smollm2_gguf};
+use support::{expected_json, fixture_json, ids, smollm2_gguf};
 
 fn expected() -> Value {
     expected_json("smollm2-135m")
 }
 
 #[test]
-fn greedy_samples_are_the_fixture_tokens_and_end_at_im_end() {
+fn greedy_samples_are_transformers_argmax_tokens_and_end_at_im_end() {
     let Some(gguf) = smollm2_gguf() else { return };
     let sc = Scratch::new("smollm2-greedy");
     let exp = expected();
     let cases = exp["cases"].as_array().unwrap();
+    let oracle = fixture_json("smollm2-135m", "greedy_argmax.json");
     let prompts: Vec<&str> = cases
         .iter()
         .map(|c| c["prompt"].as_str().unwrap())
@@ -69,11 +70,16 @@ fn greedy_samples_are_the_fixture_tokens_and_end_at_im_end() {
             }
         }
         assert!(!row.response.contains("<|im_end|>"), "{:?}", row.response);
-        // The first case's fixture path is the argmax all along (see shared/tests/smollm2.rs
-        // for the other three): "The capital of France is Paris." then <|im_end|>.
+        // transformers' argmax tokens (tests/fixtures/smollm2-135m/greedy_argmax.json; see
+        // shared/tests/smollm2.rs), up to and including the first <|im_end|>.
+        let argmax = ids(&oracle["cases"][c]["greedy_token_ids"]);
+        let until_eos = argmax.iter().position(|&t| t == 2).map_or(24, |i| i + 1);
+        assert_eq!(
+            row.response_token_ids,
+            argmax[..until_eos].to_vec(),
+            "case {c}"
+        );
         if c == 0 {
-            let full = ids(&case["greedy_token_ids"]);
-            assert_eq!(row.response_token_ids, full[..8].to_vec());
             assert_eq!(row.finish_reason, FinishReason::Eos);
             assert_eq!(row.response, "The capital of France is Paris.");
         }

@@ -185,14 +185,14 @@ fn numbers_are_split_into_digits_as_llama_cpp_does() {
     );
 }
 
-/// Where the fixture's greedy ids leave the argmax of the model (None: never). The fixture's
-/// `greedy_token_ids` come from transformers' decoding, but in three cases they leave the argmax
-/// of the very logits its own values describe: its teacher-forced log-probs match ours within
-/// 1e-4 on every token, and its recorded smallest top-1/top-2 gap along each path equals ours
-/// (checked below), yet at these steps it takes the runner-up, e.g. case 1 step 6: "\n" leads
-/// "-" by 1.3. Up to there our greedy tokens are the fixture's, and there the fixture's token is
-/// our second best.
-const FIXTURE_LEAVES_ARGMAX: [Option<usize>; 4] = [None, Some(6), Some(8), Some(1)];
+/// transformers' own argmax path for each case (greedy_argmax.py: the same GGUF, dequantized to
+/// f32 and run in float64, one full forward pass per step, EOS ignored), with the top-1/top-2
+/// logit gap of each step. expected.json's `greedy_token_ids` leave that path in three cases
+/// (`expected_json_differs_from_step`: case 1 step 6, case 2 step 8, case 3 step 1), where they
+/// take transformers' second-best token: they were not transformers' greedy decoding of this file.
+fn transformers_argmax() -> Value {
+    support::fixture_json("smollm2-135m", "greedy_argmax.json")
+}
 
 /// The logits after each prefix of `prompt + tokens` (teacher forcing), as rows.
 fn logits_along(model: &Transformer, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
@@ -220,34 +220,43 @@ fn top2(row: &[f32]) -> (usize, usize) {
 }
 
 #[test]
-fn greedy_decoding_gives_the_fixture_tokens() {
+fn greedy_decoding_gives_transformers_argmax_tokens() {
     let Some((_, model)) = smollm2() else { return };
     let exp = expected();
-    for (c, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+    let oracle = transformers_argmax();
+    let cases = exp["cases"].as_array().unwrap().iter();
+    for (c, (case, argmax)) in cases.zip(oracle["cases"].as_array().unwrap()).enumerate() {
+        assert_eq!(case["prompt"], argmax["prompt"]);
         let prompt = ids(&case["prompt_token_ids"]);
-        let want = ids(&case["greedy_token_ids"]);
-        let got = greedy(model, &prompt, want.len());
-        let along = logits_along(model, &prompt, &want);
-        let min_gap = along
+        let want = ids(&argmax["greedy_token_ids"]);
+        // With the KV cache, all 24 tokens are transformers' argmax tokens.
+        assert_eq!(greedy(model, &prompt, want.len()), want, "case {c}");
+        // Every step's top-1/top-2 gap is transformers' (f32 against float64).
+        let gaps = argmax["top1_top2_logit_gaps"].as_array().unwrap();
+        for (step, (row, gap)) in logits_along(model, &prompt, &want)
             .iter()
-            .map(|row| {
-                let (a, b) = top2(row);
-                row[a] - row[b]
-            })
-            .fold(f32::INFINITY, f32::min);
-        let recorded = case["greedy_min_top1_top2_logit_gap"].as_f64().unwrap();
-        assert!(
-            (min_gap as f64 - recorded).abs() < 1e-3,
-            "case {c}: gap {min_gap} vs {recorded}"
-        );
-        match FIXTURE_LEAVES_ARGMAX[c] {
-            None => assert_eq!(got, want, "{:?}", case["prompt"]),
+            .zip(gaps)
+            .enumerate()
+        {
+            let (a, b) = top2(row);
+            let ours = (row[a] - row[b]) as f64;
+            let theirs = gap.as_f64().unwrap();
+            assert!(
+                (ours - theirs).abs() < 1e-3,
+                "case {c} step {step}: gap {ours} vs {theirs}"
+            );
+        }
+        // Where expected.json leaves that path, its token is the runner-up of the same logits.
+        let fixture = ids(&case["greedy_token_ids"]);
+        match argmax["expected_json_differs_from_step"].as_u64() {
+            None => assert_eq!(fixture, want, "case {c}"),
             Some(step) => {
-                assert_eq!(got[..step], want[..step], "{:?}", case["prompt"]);
-                assert_ne!(got[step], want[step]);
+                let step = step as usize;
+                assert_eq!(fixture[..step], want[..step], "case {c}");
+                let along = logits_along(model, &prompt, &fixture);
                 assert_eq!(
                     top2(&along[step]),
-                    (got[step] as usize, want[step] as usize)
+                    (want[step] as usize, fixture[step] as usize)
                 );
             }
         }

@@ -57,7 +57,12 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
 
 /// A fixture's `expected.json` (`name` is its folder, e.g. `smollm2-135m`).
 pub fn expected_json(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    fixture_json(name, "expected.json")
+}
+
+/// A JSON file of a fixture's folder.
+pub fn fixture_json(name: &str, file: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join(file)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
