@@ -108,8 +108,9 @@ pub struct TrainStepSettings {
     /// Examples (prompts with their selected samples) per optimizer step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Sequences run through the model at once [default: the whole step]. Never changes the
-    /// result, only memory.
+    /// Sequences run through the model at once [default: the whole step]. The gradient is the
+    /// same sum, up to float rounding; smaller micro-batches need less memory and are often
+    /// faster on CPU (SmolLM2-135M, 16 sequences a step: 4 at once peaks at 2.5 GB, not 15 GB).
     #[arg(long)]
     pub micro_batch_size: Option<usize>,
     /// Clip the gradient's global L2 norm to this.
