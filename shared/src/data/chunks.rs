@@ -373,7 +373,9 @@ mod tests {
             .finish::<SampleRow, _>(&meta("fp"), 12, prompt_order)
             .expect_err("4 of 12 rows");
         assert!(
-            error.to_string().contains("the chunks hold 4 rows, expected 12"),
+            error
+                .to_string()
+                .contains("the chunks hold 4 rows, expected 12"),
             "{error}"
         );
         assert!(!out.exists());

@@ -40,8 +40,8 @@ pub use fingerprint::{
     canonical_json, prompt_id_for, prompt_id_for_messages, row_seed, stage_fingerprint,
 };
 pub use io::{
-    read_meta, read_prompts, read_rows, remove_temporaries, write_atomically,
-    write_dir_atomically, write_rows, EXTERNAL_STAGE,
+    read_meta, read_prompts, read_rows, remove_temporaries, write_atomically, write_dir_atomically,
+    write_rows, EXTERNAL_STAGE,
 };
 pub use metadata::{
     FileMeta, InputRef, ModelRef, KEY_CONFIG, KEY_FINGERPRINT, KEY_INPUTS, KEY_MODELS, KEY_PREFIX,

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::context::{content_config, Outcome, StageOutput};
-use super::output_lock::lock_outputs;
 use super::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
+use super::output_lock::lock_outputs;
 use super::score::ScoreSettings;
 use super::settings::Settings;
 use crate::data::{

@@ -254,7 +254,11 @@ fn read_unique_prompts(path: &Path, s: &GenerateSettings) -> Result<(FileMeta, V
 
 /// Opens the model `spec` and renders every prompt with its chat template: the checks `sample`
 /// makes before loading weights, for a caller that checks every model before sampling any.
-pub(super) fn check_model_for_prompts(spec: &str, prompts: &[PromptRow], path: &Path) -> Result<()> {
+pub(super) fn check_model_for_prompts(
+    spec: &str,
+    prompts: &[PromptRow],
+    path: &Path,
+) -> Result<()> {
     let (_, ck) = open_checkpoint(spec)?;
     render_prompts(&ck, prompts, path).map(drop)
 }

@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 
 use crate::data::remove_temporaries;
 
-/// The locks a run holds on its outputs; dropping it releases them and removes the lock files.
+/// The locks a run holds on its outputs; dropping it releases them and removes the lock files,
+/// and the folders made for them if nothing else was written there.
 #[derive(Debug)]
 pub struct OutputLock {
     held: Vec<(PathBuf, File)>,
+    /// Folders made for the lock files.
+    made: Vec<PathBuf>,
 }
 
 /// `.<name>.lock` beside `output` (a file or a folder).
@@ -28,12 +31,16 @@ pub fn lock_path(output: &Path) -> PathBuf {
 /// Takes the lock of every output (flag, path), creating their folders, or fails at once
 /// naming the output another run holds; then removes the outputs' stale temporaries.
 pub fn lock_outputs(outputs: &[(&str, &Path)]) -> Result<OutputLock> {
-    let mut lock = OutputLock { held: Vec::new() };
+    let mut lock = OutputLock {
+        held: Vec::new(),
+        made: Vec::new(),
+    };
     for (flag, output) in outputs {
         let path = lock_path(output);
         if lock.held.iter().any(|(p, _)| *p == path) {
             continue;
         }
+        lock.made.extend(make_folder(flag, output, &path)?);
         let file = lock_one(flag, output, &path)?;
         lock.held.push((path, file));
         remove_temporaries(output)?;
@@ -41,13 +48,24 @@ pub fn lock_outputs(outputs: &[(&str, &Path)]) -> Result<OutputLock> {
     Ok(lock)
 }
 
+/// Creates the folder of the lock file `path`; returns the folders it made.
+fn make_folder(flag: &str, output: &Path, path: &Path) -> Result<Vec<PathBuf>> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    fs::create_dir_all(dir)
+        .with_context(|| format!("{flag} {}: cannot create its folder", output.display()))?;
+    Ok(missing)
+}
+
 /// Locks the file at `path`. A holder removes its lock file on release, so a lock taken on a
 /// file that is no longer the one at `path` is taken again on the new one.
 fn lock_one(flag: &str, output: &Path, path: &Path) -> Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("{flag} {}: cannot create its folder", output.display()))?;
-    }
     loop {
         let file = OpenOptions::new()
             .create(true)
@@ -71,7 +89,11 @@ fn lock_one(flag: &str, output: &Path, path: &Path) -> Result<File> {
             ),
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| {
-                    format!("{flag} {}: cannot lock {}", output.display(), path.display())
+                    format!(
+                        "{flag} {}: cannot lock {}",
+                        output.display(),
+                        path.display()
+                    )
                 })
             }
         }
@@ -103,6 +125,12 @@ impl Drop for OutputLock {
             let _ = fs::remove_file(&path);
             drop(file);
         }
+        // A run that failed before writing anything leaves no empty folders behind.
+        self.made
+            .sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in &self.made {
+            let _ = fs::remove_dir(dir); // fails, as it should, on a folder that holds anything
+        }
     }
 }
 
@@ -117,11 +145,22 @@ mod tests {
         let out = tmp.path().join("sub/samples.parquet");
         let held = lock_outputs(&[("--out", &out)]).expect("first lock");
         assert!(tmp.path().join("sub/.samples.parquet.lock").exists());
-        let error = lock_outputs(&[("--out", &out)]).expect_err("second lock").to_string();
-        assert!(error.contains("--out") && error.contains("samples.parquet"), "{error}");
-        assert!(error.contains("another run is writing this output"), "{error}");
+        let error = lock_outputs(&[("--out", &out)])
+            .expect_err("second lock")
+            .to_string();
+        assert!(
+            error.contains("--out") && error.contains("samples.parquet"),
+            "{error}"
+        );
+        assert!(
+            error.contains("another run is writing this output"),
+            "{error}"
+        );
         drop(held);
-        assert!(!tmp.path().join("sub/.samples.parquet.lock").exists());
+        assert!(
+            !tmp.path().join("sub").exists(),
+            "the folder made for the lock goes too"
+        );
         let again = lock_outputs(&[("--out", &out), ("--out", &out)]).expect("lock after release");
         drop(again);
     }

@@ -297,7 +297,12 @@ pub fn train_step(job: &TrainStepJob) -> Result<Outcome> {
     let output = inputs.output(job, &s.content(&spec, optimizer, dtype))?;
     // Also finds an unwritable --out before any weights are loaded.
     let written = written_outputs(job.out);
-    let _lock = lock_outputs(&written.iter().map(|p| ("--out", p.as_path())).collect::<Vec<_>>())?;
+    let _lock = lock_outputs(
+        &written
+            .iter()
+            .map(|p| ("--out", p.as_path()))
+            .collect::<Vec<_>>(),
+    )?;
     let state = TrainState::new(job.out, output.fingerprint());
     let dirs = expected_dirs(job.out, s);
     if !job.force && output.is_up_to_date() && dirs.iter().all(|d| d.is_dir()) {
@@ -502,7 +507,9 @@ fn check_winrates_belong(
         );
     };
     ensure!(
-        inputs.iter().any(|i| i.fingerprint == samples_meta.fingerprint),
+        inputs
+            .iter()
+            .any(|i| i.fingerprint == samples_meta.fingerprint),
         "{}: these win rates come from preferences of other samples ({}), not of {} \
          (fingerprint {}); rerun `score --samples {}` and `estimate-winrate`",
         path.display(),
