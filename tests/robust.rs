@@ -453,3 +453,172 @@ fn late_checks_come_before_any_work() {
         assert_eq!(mode, 0o644, "{f}: mode {mode:o}");
     }
 }
+
+#[test]
+fn win_rates_of_other_samples_are_refused() {
+    let t = Scratch::new("robust-winrate-chain");
+    let c = Chain::new(&t);
+    // The same prompts sampled with another seed, judged and estimated as usual.
+    let other = t.path("other-samples.parquet");
+    let mut args = sample_args(&c.model, &c.prompts, &other);
+    args.extend(["--seed".to_string(), "9".to_string()]);
+    ok(&t, "generate", &strs(&args));
+    let other_prefs = t.path("other-preferences.parquet");
+    ok(&t, "score", &strs(&score_args(&other, &other_prefs)));
+    let other_winrates = t.path("other-winrates.parquet");
+    let w = [
+        "--preferences",
+        s(&other_prefs),
+        "--out",
+        s(&other_winrates),
+    ];
+    ok(&t, "estimate-winrate", &w);
+
+    let out = t.path("trained");
+    let mut train = c.train_args(&c.model, &out);
+    let at = train.iter().position(|a| a == "--winrates").unwrap() + 1;
+    train[at] = s(&other_winrates).to_string();
+    let err = fails(&t, "train-step", &strs(&train));
+    assert!(
+        err.contains("other-winrates.parquet")
+            && err.contains("other-samples.parquet")
+            && err.contains(s(&c.samples))
+            && err.contains("preferences of other samples"),
+        "names both files and says why:\n{err}"
+    );
+    assert!(!out.join("train_log.parquet").exists(), "nothing trained");
+    ok(&t, "train-step", &strs(&c.train_args(&c.model, &out)));
+}
+
+#[test]
+fn bad_models_and_unwritable_outputs_are_found_before_any_work() {
+    let t = Scratch::new("robust-late-2");
+    let c = Chain::new(&t);
+
+    // train-step: an --out that cannot be made a folder fails before any step.
+    let blocker = t.path("a-file");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let out = blocker.join("trained");
+    let err = fails(&t, "train-step", &strs(&c.train_args(&c.model, &out)));
+    assert!(err.contains("--out") && err.contains(s(&out)), "{err}");
+    assert!(
+        !err.contains("step 1/"),
+        "found before the first step:\n{err}"
+    );
+
+    // A model without tokenizer_config.json: named, not "no chat_template".
+    let bare = model_copy(&t.path("bare-model"));
+    std::fs::remove_file(bare.join("tokenizer_config.json")).unwrap();
+    let samples = t.path("bare-samples.parquet");
+    let err = fails(
+        &t,
+        "generate",
+        &strs(&sample_args(&bare, &c.prompts, &samples)),
+    );
+    assert!(
+        err.contains("missing tokenizer_config.json") && !err.contains("no chat_template"),
+        "{err}"
+    );
+
+    // evaluate: the second model is checked before the first one samples.
+    let eval = t.path("eval");
+    let judge = fixture("tiny-llama-rm");
+    for (second, expected) in [
+        (t.path("no-such-model"), "no-such-model"),
+        (bare.clone(), "missing tokenizer_config.json"),
+    ] {
+        let args = [
+            "--models",
+            s(&c.model),
+            s(&second),
+            "--prompts",
+            s(&c.prompts),
+            "--out",
+            s(&eval),
+            "--judge",
+            "reward-model",
+            "--judge-model",
+            s(&judge),
+            "--baseline",
+            s(&c.model),
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ];
+        let err = fails(&t, "evaluate", &args);
+        assert!(err.contains("--models") && err.contains(expected), "{err}");
+        assert!(
+            !eval.join("responses-policy.parquet").exists(),
+            "the first model sampled nothing:\n{err}"
+        );
+    }
+
+    // A win rate out of [0, 1]: the file is named, the reason given once.
+    let (meta, mut rows) = rspo::data::read_rows::<rspo::data::WinrateRow>(&c.winrates).unwrap();
+    rows[1].winrate = 1.5;
+    let bad = t.path("bad-winrates.parquet");
+    rspo::data::write_rows(&bad, &meta, &rows).unwrap();
+    let mut train = c.train_args(&c.model, &t.path("trained"));
+    let at = train.iter().position(|a| a == "--winrates").unwrap() + 1;
+    train[at] = s(&bad).to_string();
+    let err = fails(&t, "train-step", &strs(&train));
+    assert!(
+        err.contains("bad-winrates.parquet"),
+        "names the file:\n{err}"
+    );
+    assert_eq!(err.matches("not in [0, 1]").count(), 1, "said once:\n{err}");
+}
+
+#[test]
+fn log_probs_do_not_depend_on_the_batch_size() {
+    let t = Scratch::new("robust-batch-invariance");
+    let model = fixture("tiny-llama");
+    let prompts = t.path("prompts.parquet");
+    let texts = [
+        "Hi.",
+        "Name a color.",
+        "Write one long sentence about the sea, the sky and the wind.",
+        "What is two plus two?",
+        "Say hi.",
+    ];
+    write_prompts(&prompts, &texts);
+    let samples = t.path("samples.parquet");
+    let mut args = sample_args(&model, &prompts, &samples);
+    let set = |args: &mut Vec<String>, flag: &str, value: &str| {
+        let at = args.iter().position(|a| a == flag).unwrap() + 1;
+        args[at] = value.to_string();
+    };
+    set(&mut args, "--max-new-tokens", "24");
+    set(&mut args, "--k", "4");
+    ok(&t, "generate", &strs(&args));
+    let lengths: std::collections::BTreeSet<usize> =
+        rspo::data::read_rows::<rspo::data::SampleRow>(&samples)
+            .unwrap()
+            .1
+            .iter()
+            .map(|r| r.prompt_token_ids.len() + r.response_token_ids.len())
+            .collect();
+    assert!(
+        lengths.len() > 3,
+        "rows of many lengths, padded in a batch: {lengths:?}"
+    );
+    let run = |batch: &str| {
+        let out = t.path(&format!("logprobs-{batch}.parquet"));
+        let mut args = logprobs_args(&model, &samples, "policy", &out);
+        args.extend(["--batch-size".to_string(), batch.to_string()]);
+        ok(&t, "generate", &strs(&args));
+        let rows = rspo::data::read_rows::<rspo::data::LogprobRow>(&out)
+            .unwrap()
+            .1;
+        let bits: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| r.token_logprobs.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        (bits, std::fs::read(&out).unwrap())
+    };
+    let (one, one_bytes) = run("1");
+    let (sixteen, sixteen_bytes) = run("16");
+    assert!(one == sixteen, "bit-identical token log-probs");
+    assert!(one_bytes == sixteen_bytes, "identical files");
+}

@@ -173,7 +173,7 @@ fn make_inputs(sc: &Scratch, gguf: &Path) -> Inputs {
             s(&policy_lp),
         ],
     );
-    let (_, rows) = read_rows::<SampleRow>(&samples).unwrap();
+    let (samples_meta, rows) = read_rows::<SampleRow>(&samples).unwrap();
     let winrates: Vec<WinrateRow> = rows
         .iter()
         .map(|r| WinrateRow {
@@ -185,12 +185,9 @@ fn make_inputs(sc: &Scratch, gguf: &Path) -> Inputs {
         })
         .collect();
     let path = sc.path("winrates.parquet");
-    write_rows(
-        &path,
-        &FileMeta::new(FileKind::Winrates, "test", "smollm2-winrates"),
-        &winrates,
-    )
-    .unwrap();
+    let mut meta = FileMeta::new(FileKind::Winrates, "test", "smollm2-winrates");
+    e2e::record_samples(&mut meta, &samples, &samples_meta);
+    write_rows(&path, &meta, &winrates).unwrap();
     Inputs {
         samples,
         winrates: path,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use e2e::{bin, fails, fixture, max_abs_diff, ok, s, Scratch};
+use e2e::{bin, fails, fixture, max_abs_diff, ok, record_samples, s, Scratch};
 use rspo::data::{
     read_rows, write_rows, FileKind, FileMeta, LogprobRow, Message, PromptRow, TrainLogRow,
     WinrateRow,
@@ -38,7 +38,7 @@ fn write_prompts(path: &Path, texts: &[&str]) {
 
 /// Win rates that prefer low sample indices: K = 4 gives 0.875, 0.625, 0.375, 0.125.
 fn write_winrates(samples: &Path, path: &Path, rename: Option<&str>) {
-    let (_, rows) = read_rows::<rspo::data::SampleRow>(samples).unwrap();
+    let (samples_meta, rows) = read_rows::<rspo::data::SampleRow>(samples).unwrap();
     let rows: Vec<WinrateRow> = rows
         .iter()
         .map(|r| WinrateRow {
@@ -52,7 +52,8 @@ fn write_winrates(samples: &Path, path: &Path, rename: Option<&str>) {
             rank: r.sample_idx,
         })
         .collect();
-    let meta = FileMeta::new(FileKind::Winrates, "test", format!("winrates-{rename:?}"));
+    let mut meta = FileMeta::new(FileKind::Winrates, "test", format!("winrates-{rename:?}"));
+    record_samples(&mut meta, samples, &samples_meta);
     write_rows(path, &meta, &rows).unwrap();
 }
 

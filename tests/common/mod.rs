@@ -111,3 +111,20 @@ pub fn write_prompts(path: &Path, texts: &[&str]) {
     let meta = rspo::data::FileMeta::new(rspo::data::FileKind::Prompts, "test", "prompts");
     rspo::data::write_rows(path, &meta, &rows).unwrap();
 }
+
+/// Marks hand-written win rates as estimated from preferences of `samples` (the chain
+/// train-step checks), as estimate-winrate does.
+pub fn record_samples(
+    winrates: &mut rspo::data::FileMeta,
+    samples: &Path,
+    samples_meta: &rspo::data::FileMeta,
+) {
+    let input = rspo::data::InputRef {
+        path: s(samples).to_string(),
+        fingerprint: samples_meta.fingerprint.clone(),
+    };
+    winrates.extra.insert(
+        rspo::data::PREFERENCE_INPUTS.to_string(),
+        rspo::data::FileMeta::inputs_json(&[input]),
+    );
+}

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{ContentError, DataError};
 use super::fingerprint::canonical_json;
-use super::io::{read_meta, read_rows, write_rows};
+use super::io::{read_meta, read_rows, remove_temporaries, write_rows};
 use super::metadata::FileMeta;
 use super::rows::Rows;
 
@@ -168,11 +168,12 @@ impl ChunkStore {
     /// with `meta`, then deletes the chunk folder. Returns the rows written.
     ///
     /// `sort_key` must tell every two rows apart (e.g. (prompt position, sample_idx)); then the
-    /// output does not depend on how the work was split into chunks. Checking that every unit
-    /// is completed is the caller's job.
+    /// output does not depend on how the work was split into chunks. The chunks must hold
+    /// `expected_rows` rows, else nothing is written.
     pub fn finish<R: Rows, K: Ord>(
         self,
         meta: &FileMeta,
+        expected_rows: usize,
         sort_key: impl FnMut(&R) -> K,
     ) -> Result<Vec<R>, DataError> {
         if meta.fingerprint != self.fingerprint {
@@ -208,6 +209,15 @@ impl ChunkStore {
             }
             rows.extend(chunk_rows);
         }
+        if rows.len() != expected_rows {
+            return Err(DataError::content(
+                &self.dir,
+                ContentError::ChunkRowCount {
+                    found: rows.len(),
+                    expected: expected_rows,
+                },
+            ));
+        }
         rows.sort_by_cached_key(sort_key);
         write_rows(&self.final_path, meta, &rows)?;
         fs::remove_dir_all(&self.dir).map_err(|e| DataError::io(&self.dir, "cannot remove", e))?;
@@ -225,25 +235,6 @@ impl ChunkStore {
             _ => Ok(()),
         }
     }
-}
-
-/// Removes `.<name>.tmp-*` files next to `final_path`, left by a final write that was killed.
-fn remove_temporaries(final_path: &Path) -> Result<(), DataError> {
-    let Some(name) = final_path.file_name() else {
-        return Ok(());
-    };
-    let prefix = format!(".{}.tmp-", name.to_string_lossy());
-    let parent = match final_path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    for entry in fs::read_dir(parent).map_err(|e| DataError::io(parent, "cannot list", e))? {
-        let entry = entry.map_err(|e| DataError::io(parent, "cannot list", e))?;
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            remove_file(&entry.path())?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -308,7 +299,7 @@ mod tests {
         let uninterrupted = tmp.path().join("a/samples.parquet");
         let mut store = ChunkStore::open(&uninterrupted, "fp").expect("open");
         work(&mut store, &PROMPTS, 2);
-        let written = store.finish(&meta("fp"), prompt_order).expect("finish");
+        let written = store.finish(&meta("fp"), 12, prompt_order).expect("finish");
         assert_eq!(written.len(), 12);
         assert!(!chunk_dir(&uninterrupted).exists());
         let expected = fs::read(&uninterrupted).expect("read");
@@ -330,7 +321,7 @@ mod tests {
         let completed: Vec<&str> = store.completed_keys().iter().map(String::as_str).collect();
         assert_eq!(completed, ["p0", "p1", "p2"]);
         work(&mut store, &PROMPTS, 4);
-        store.finish(&meta("fp"), prompt_order).expect("finish");
+        store.finish(&meta("fp"), 12, prompt_order).expect("finish");
         assert_eq!(fs::read(&resumed).expect("read"), expected);
         let left: Vec<_> = fs::read_dir(resumed.parent().expect("parent"))
             .expect("list")
@@ -359,12 +350,32 @@ mod tests {
         assert_eq!(fs::read_dir(chunk_dir(&out)).expect("list").count(), 0);
 
         let error = store
-            .finish::<SampleRow, _>(&meta("other"), prompt_order)
+            .finish::<SampleRow, _>(&meta("other"), 0, prompt_order)
             .expect_err("wrong fingerprint");
         assert!(
             error
                 .to_string()
                 .contains("finish was given fingerprint 'other'"),
+            "{error}"
+        );
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn missing_rows_leave_no_final_file() {
+        let tmp = TempDir::new();
+        let out = tmp.path().join("samples.parquet");
+        let mut store = ChunkStore::open(&out, "fp").expect("open");
+        work(&mut store, &PROMPTS[..2], 1);
+        // Another run sharing the folder removed it: only the rows of this store's last chunk
+        // would be there.
+        let error = store
+            .finish::<SampleRow, _>(&meta("fp"), 12, prompt_order)
+            .expect_err("4 of 12 rows");
+        assert!(
+            error
+                .to_string()
+                .contains("the chunks hold 4 rows, expected 12"),
             "{error}"
         );
         assert!(!out.exists());

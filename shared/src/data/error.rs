@@ -180,6 +180,12 @@ pub enum ContentError {
         "finish was given fingerprint '{found}', but the chunks were written for '{expected}'"
     )]
     ChunkFingerprint { found: String, expected: String },
+
+    #[error(
+        "the chunks hold {found} rows, expected {expected}; the final file was not written \
+         (did another run share this output's chunk folder?)"
+    )]
+    ChunkRowCount { found: usize, expected: usize },
 }
 
 #[cfg(test)]

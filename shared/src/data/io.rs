@@ -244,6 +244,36 @@ fn temp_path(path: &Path) -> Result<PathBuf, DataError> {
     Ok(path.with_file_name(temp_name))
 }
 
+/// Removes the temporaries (`.<name>.tmp-*` files or folders) beside `path` that writes of it
+/// left when they were killed. Only for a caller that alone writes `path` (it holds its lock).
+pub fn remove_temporaries(path: &Path) -> Result<(), DataError> {
+    let Some(name) = path.file_name() else {
+        return Ok(());
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let entries = match fs::read_dir(parent) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries.map_err(|e| DataError::io(parent, "cannot list", e))?,
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| DataError::io(parent, "cannot list", e))?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let stale = entry.path();
+            let removed = if stale.is_dir() {
+                fs::remove_dir_all(&stale)
+            } else {
+                fs::remove_file(&stale)
+            };
+            removed.map_err(|e| DataError::io(&stale, "cannot remove", e))?;
+        }
+    }
+    Ok(())
+}
+
 /// A temporary beside `path` (its parent folder created if missing), and that folder.
 fn temp_beside(path: &Path) -> Result<(TempPath, PathBuf), DataError> {
     let parent = match path.parent() {

@@ -19,6 +19,10 @@ pub const KEY_MODELS: &str = "rspo.models";
 pub const KEY_VERSION: &str = "rspo.version";
 /// Prefix of every rspo key; extra entries are stored as `rspo.<name>`.
 pub const KEY_PREFIX: &str = "rspo.";
+/// The extra entry (`rspo.preference_inputs`) of a winrates file: the `rspo.inputs` of the
+/// preferences it was estimated from (the samples they judged), so that train-step can check
+/// the win rates belong to its samples.
+pub const PREFERENCE_INPUTS: &str = "preference_inputs";
 
 const RESERVED: [&str; 7] = [
     KEY_SCHEMA,
@@ -87,15 +91,32 @@ impl FileMeta {
         self.extra.get("role").map(String::as_str)
     }
 
-    /// The key-value pairs stored in the Parquet footer, in a fixed order.
-    pub fn to_key_values(&self) -> Result<Vec<(String, String)>, ContentError> {
-        let json = |value: Value| canonical_json(&value);
-        let inputs = Value::Array(
-            self.inputs
+    /// `inputs` as stored: canonical JSON of a list of {path, fingerprint}.
+    pub fn inputs_json(inputs: &[InputRef]) -> String {
+        canonical_json(&Value::Array(
+            inputs
                 .iter()
                 .map(|input| serde_json::json!({"path": input.path, "fingerprint": input.fingerprint}))
                 .collect(),
-        );
+        ))
+    }
+
+    /// `rspo.preference_inputs` (winrates files); None when the file does not record it.
+    pub fn preference_inputs(&self) -> Result<Option<Vec<InputRef>>, ContentError> {
+        let Some(value) = self.extra.get(PREFERENCE_INPUTS) else {
+            return Ok(None);
+        };
+        serde_json::from_str(value)
+            .map(Some)
+            .map_err(|error| ContentError::BadMetadata {
+                key: format!("{KEY_PREFIX}{PREFERENCE_INPUTS}"),
+                reason: format!("{error} in {value:?}"),
+            })
+    }
+
+    /// The key-value pairs stored in the Parquet footer, in a fixed order.
+    pub fn to_key_values(&self) -> Result<Vec<(String, String)>, ContentError> {
+        let json = |value: Value| canonical_json(&value);
         let models = Value::Object(
             self.models
                 .iter()
@@ -112,7 +133,7 @@ impl FileMeta {
             (KEY_FINGERPRINT.to_string(), self.fingerprint.clone()),
             (KEY_STAGE.to_string(), self.stage.clone()),
             (KEY_CONFIG.to_string(), canonical_json(&self.config)),
-            (KEY_INPUTS.to_string(), json(inputs)),
+            (KEY_INPUTS.to_string(), Self::inputs_json(&self.inputs)),
             (KEY_MODELS.to_string(), json(models)),
             (KEY_VERSION.to_string(), self.version.clone()),
         ];

@@ -169,10 +169,16 @@ impl Checkpoint {
         messages: &[M],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        let config_file = self.dir.join("tokenizer_config.json");
         match &self.chat_template {
             Some(t) => t.render(messages, add_generation_prompt),
+            None if self.dir.is_dir() && !config_file.is_file() => Err(ModelError::MissingFile {
+                dir: self.dir.clone(),
+                what: "tokenizer_config.json".into(),
+                expected: "the file that holds the model's chat_template".into(),
+            }),
             None => Err(ModelError::ChatTemplate {
-                path: self.dir.join("tokenizer_config.json"),
+                path: config_file,
                 message: "the model has no chat_template".into(),
             }),
         }

@@ -9,9 +9,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::context::{check_output_files, Outcome, StageOutput};
+use super::output_lock::lock_outputs;
 use super::progress::Progress;
 use super::settings::Settings;
-use crate::data::{read_rows, write_rows, FileKind, PreferenceRow, WinrateRow};
+use crate::data::{
+    read_meta, read_rows, write_rows, FileKind, FileMeta, PreferenceRow, WinrateRow,
+    PREFERENCE_INPUTS,
+};
 use crate::judge::{
     intransitive_share, position_disagreement, winrates, Convention, PairPreference,
     PositionDisagreement, PreferenceMatrix, TwoOrderVerdict,
@@ -173,9 +177,17 @@ pub fn estimate_winrate(job: &WinrateJob) -> Result<WinrateReport> {
         &[(job.preferences, &meta)],
         &[],
     )?;
-    if !job.force && output.is_up_to_date() {
+    let _lock = lock_outputs(&[("--out", job.out)])?;
+    // A file written before win rates recorded their samples is rewritten.
+    let chained = read_meta(job.out).is_ok_and(|m| m.extra.contains_key(PREFERENCE_INPUTS));
+    if !job.force && output.is_up_to_date() && chained {
         return Ok(report);
     }
+    // The samples behind the preferences, for train-step to check the win rates are theirs.
+    output.meta.extra.insert(
+        PREFERENCE_INPUTS.into(),
+        FileMeta::inputs_json(&meta.inputs),
+    );
     // Diagnostics of the judge travel with the file (deterministic, so still reproducible).
     output
         .meta

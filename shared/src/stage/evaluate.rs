@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::context::{content_config, Outcome, StageOutput};
 use super::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
+use super::output_lock::lock_outputs;
 use super::score::ScoreSettings;
 use super::settings::Settings;
 use crate::data::{
@@ -156,6 +157,7 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
     );
     std::fs::create_dir_all(job.out)
         .with_context(|| format!("cannot create --out {}", job.out.display()))?;
+    let _lock = lock_outputs(&[("--out", &job.out.join("eval.parquet"))])?;
     let (prompts_meta, prompts) = read_prompts(job.prompts, &PromptOptions::default())?;
     ensure!(
         !prompts.is_empty(),
@@ -167,6 +169,14 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         .and_then(|entry| entry.spec(job.judge))
         .context("the evaluation judge")?;
     let gen = sample_settings(s);
+    // Every model opens and renders every prompt before the first one samples.
+    for m in job.models {
+        generate::check_model_for_prompts(m, &prompts, job.prompts)
+            .with_context(|| format!("--models {m}"))?;
+    }
+    if let Some(r) = &s.reference_model {
+        generate::open_checkpoint(r).with_context(|| format!("--reference-model {r}"))?;
+    }
 
     let names = unique_names(job.models);
     let mut files = Vec::new();

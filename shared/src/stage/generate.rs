@@ -10,6 +10,7 @@ mod logprobs;
 pub use logprobs::{logprobs, LogprobsJob};
 
 use super::context::{check_output_files, content_config, skip_chunked_run, Outcome, StageOutput};
+use super::output_lock::lock_outputs;
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -45,7 +46,8 @@ pub struct GenerateSettings {
     /// The RSPO iteration (part of each row's seed).
     #[arg(long, default_value_t = 1)]
     pub iteration: u32,
-    /// Rows decoded (or scored, for log-probs) together; never changes the output.
+    /// Rows decoded together (log-probs: rows per resumable chunk, each scored alone); never
+    /// changes the output.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Read prompts from this column instead of `prompt` / `messages`.
@@ -120,7 +122,7 @@ impl Shard {
 
 /// A model directory, GGUF file or Hub id (downloaded), opened: config, tokenizer and template checked;
 /// weights are read later, only if there is work to do.
-fn open_checkpoint(spec: &str) -> Result<(PathBuf, Checkpoint)> {
+pub(super) fn open_checkpoint(spec: &str) -> Result<(PathBuf, Checkpoint)> {
     let dir = resolve_model(spec)?;
     let ck = Checkpoint::open(&dir).with_context(|| format!("--model {spec}"))?;
     Ok((dir, ck))
@@ -186,6 +188,7 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
     if let Some(sh) = job.shard {
         sh.mark(&mut output.meta);
     }
+    let _lock = lock_outputs(&[("--out", job.out)])?;
     if skip_chunked_run(job.out, output.is_up_to_date(), job.force)? {
         return Ok(Outcome::UpToDate);
     }
@@ -218,7 +221,8 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
         .enumerate()
         .map(|(i, p)| (p.prompt_id.as_str(), i))
         .collect();
-    let rows = store.finish(&output.meta, |r: &SampleRow| {
+    let expected = prompts.len() * s.k as usize;
+    let rows = store.finish(&output.meta, expected, |r: &SampleRow| {
         (order.get(r.prompt_id.as_str()).copied(), r.sample_idx)
     })?;
     Ok(Outcome::Written { rows: rows.len() })
@@ -246,6 +250,17 @@ fn read_unique_prompts(path: &Path, s: &GenerateSettings) -> Result<(FileMeta, V
         }
     }
     Ok((meta, prompts))
+}
+
+/// Opens the model `spec` and renders every prompt with its chat template: the checks `sample`
+/// makes before loading weights, for a caller that checks every model before sampling any.
+pub(super) fn check_model_for_prompts(
+    spec: &str,
+    prompts: &[PromptRow],
+    path: &Path,
+) -> Result<()> {
+    let (_, ck) = open_checkpoint(spec)?;
+    render_prompts(&ck, prompts, path).map(drop)
 }
 
 /// A prompt through the chat template: its text and token ids.
@@ -345,6 +360,7 @@ fn sample_batch(
 /// writes.
 pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Outcome> {
     ensure!(!shards.is_empty(), "merge: no shard files given");
+    let _lock = lock_outputs(&[("--out", out)])?;
     let mut parts: Vec<(Shard, FileMeta, Vec<SampleRow>)> = Vec::new();
     for path in shards {
         let (meta, rows) = read_rows::<SampleRow>(path)?;

@@ -6,6 +6,7 @@ mod context;
 pub mod estimate_winrate;
 pub mod evaluate;
 pub mod generate;
+mod output_lock;
 mod progress;
 pub mod score;
 mod settings;

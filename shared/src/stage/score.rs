@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::context::{check_output_files, skip_chunked_run, Outcome, StageOutput};
+use super::output_lock::{lock_outputs, OutputLock};
 use super::progress::Progress;
 use super::settings::Settings;
 use crate::data::{
@@ -151,6 +152,7 @@ pub fn score_with_judge(
     }
     let outputs = Outputs::new(job, comparison, &spec, &inputs, groups[0].rows.len())?;
     outputs.check_output_files(job, &spec)?;
+    let _lock = outputs.lock()?;
     let mut report = outputs.report(&groups, comparison);
     if skip_chunked_run(&outputs.chunked().path, outputs.are_up_to_date(), job.force)? {
         report.seconds = start.elapsed().as_secs_f64();
@@ -251,8 +253,8 @@ impl Outputs {
         })
     }
 
-    /// Refuses an output that is an input or lies in the judge model's folder.
-    fn check_output_files(&self, job: &ScoreJob, spec: &JudgeSpec) -> Result<()> {
+    /// Every output file, named by the flag that sets it.
+    fn files(&self) -> Vec<(&str, &Path)> {
         let mut outs = vec![("--out", self.preferences.path.as_path())];
         if let Some(s) = &self.scores {
             outs.push(("--scores-out", s.path.as_path()));
@@ -260,6 +262,17 @@ impl Outputs {
         if let Some(c) = &self.constraints {
             outs.push(("the constraints file", c.path.as_path()));
         }
+        outs
+    }
+
+    /// Holds every output for this run alone.
+    fn lock(&self) -> Result<OutputLock> {
+        lock_outputs(&self.files())
+    }
+
+    /// Refuses an output that is an input or lies in the judge model's folder.
+    fn check_output_files(&self, job: &ScoreJob, spec: &JudgeSpec) -> Result<()> {
+        let outs = self.files();
         let mut inputs = vec![("--samples", job.samples)];
         inputs.extend(job.prompts.map(|p| ("--prompts", p)));
         let models: Vec<(&str, &Path)> = spec
@@ -368,7 +381,8 @@ fn judge_chunks<R: VerdictRows>(
         .enumerate()
         .map(|(i, g)| (g.prompt_id, i))
         .collect();
-    let rows = store.finish(&output.meta, |r: &R| {
+    let expected = groups.len() * R::judgments_per_prompt(k);
+    let rows = store.finish(&output.meta, expected, |r: &R| {
         (order.get(r.prompt_id()).copied(), r.position())
     })?;
     R::into_verdicts(items, &rows)

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::context::{refuse_overwriting_inputs, Outcome, StageOutput};
+use super::output_lock::lock_outputs;
 use super::progress::Progress;
 use super::settings::Settings;
 use super::train_state::TrainState;
@@ -295,6 +296,14 @@ pub fn train_step(job: &TrainStepJob) -> Result<Outcome> {
     let device = parse_device(&s.device)?;
     let dtype = dtype_for(s.dtype.as_deref(), &device)?;
     let output = inputs.output(job, &s.content(&spec, optimizer, dtype))?;
+    // Also finds an unwritable --out before any weights are loaded.
+    let written = written_outputs(job.out);
+    let _lock = lock_outputs(
+        &written
+            .iter()
+            .map(|p| ("--out", p.as_path()))
+            .collect::<Vec<_>>(),
+    )?;
     let state = TrainState::new(job.out, output.fingerprint());
     let dirs = expected_dirs(job.out, s);
     if !job.force && output.is_up_to_date() && dirs.iter().all(|d| d.is_dir()) {
@@ -358,6 +367,7 @@ impl<'a> TrainInputs<'a> {
         ] {
             check_logprobs_belong(path, meta, role, job.samples, &samples.0)?;
         }
+        check_winrates_belong(job.winrates, &winrates.0, job.samples, &samples.0)?;
         let policy = model_ref(&policy_dir, DigestCache::recompute_if(job.force))?;
         check_policy_logprobs(job, &policy_logprobs.0, &policy)?;
         warn_if_off_policy(job, &samples.0, &policy);
@@ -435,9 +445,14 @@ fn refuse_overwriting(job: &TrainStepJob, policy_dir: &Path) -> Result<()> {
     ];
     inputs.extend(job.reference_samples.map(|p| ("--reference-samples", p)));
     refuse_overwriting_inputs(&[("--out", job.out)], &inputs, &[])?;
-    let written = ["train_log.parquet", "model", "adapter"].map(|f| job.out.join(f));
+    let written = written_outputs(job.out);
     let outputs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();
     refuse_overwriting_inputs(&outputs, &inputs, &[("--policy", policy_dir)])
+}
+
+/// What train-step writes into `--out`.
+fn written_outputs(out: &Path) -> [PathBuf; 3] {
+    ["train_log.parquet", "model", "adapter"].map(|f| out.join(f))
 }
 
 fn check_logprobs_belong(
@@ -465,6 +480,45 @@ fn check_logprobs_belong(
             .iter()
             .map(|i| i.fingerprint.as_str())
             .collect::<Vec<_>>(),
+        samples.display(),
+        samples_meta.fingerprint,
+        samples.display()
+    );
+    Ok(())
+}
+
+/// Refuses win rates whose preferences judged other samples than `samples` (the chain
+/// winrates -> preferences -> samples that `rspo.preference_inputs` records).
+fn check_winrates_belong(
+    path: &Path,
+    meta: &FileMeta,
+    samples: &Path,
+    samples_meta: &FileMeta,
+) -> Result<()> {
+    let Some(inputs) = meta
+        .preference_inputs()
+        .with_context(|| format!("{}", path.display()))?
+    else {
+        bail!(
+            "{}: these win rates do not record the samples they came from (no \
+             rspo.preference_inputs); expected the output of `estimate-winrate` on the \
+             preferences of {}; rerun estimate-winrate",
+            path.display(),
+            samples.display()
+        );
+    };
+    ensure!(
+        inputs
+            .iter()
+            .any(|i| i.fingerprint == samples_meta.fingerprint),
+        "{}: these win rates come from preferences of other samples ({}), not of {} \
+         (fingerprint {}); rerun `score --samples {}` and `estimate-winrate`",
+        path.display(),
+        inputs
+            .iter()
+            .map(|i| format!("{} fingerprint {}", i.path, i.fingerprint))
+            .collect::<Vec<_>>()
+            .join(", "),
         samples.display(),
         samples_meta.fingerprint,
         samples.display()

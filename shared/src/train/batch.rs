@@ -105,8 +105,11 @@ pub enum BatchError {
     EmptyPrompt { prompt_id: String, sample_idx: u32 },
     #[error("{0}: no samples")]
     Empty(String),
-    #[error("{0}")]
-    Selection(#[from] SelectionError),
+    #[error("{file}: {reason}")]
+    Selection {
+        file: String,
+        reason: SelectionError,
+    },
     #[error("micro-batch size must be at least 1")]
     MicroBatchSize,
     #[error("batch size must be at least 1 and epochs at least 1")]
@@ -249,7 +252,16 @@ pub fn build_examples(
             winrate: winrates[&(s.prompt_id.as_str(), s.sample_idx)].winrate,
         })
         .collect();
-    let picked = selection.select(&scored)?;
+    let picked = selection.select(&scored).map_err(|reason| {
+        let file = match reason {
+            SelectionError::BadWinrate { .. } => inputs.winrates.0,
+            _ => samples_label,
+        };
+        BatchError::Selection {
+            file: file.to_string(),
+            reason,
+        }
+    })?;
 
     let mut refs_by_prompt: HashMap<&str, Vec<RefSample>> = HashMap::new();
     if let Some((_, rows)) = inputs.reference_samples {

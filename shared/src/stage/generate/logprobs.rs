@@ -15,6 +15,7 @@ use crate::model::{
     Transformer,
 };
 use crate::stage::context::{check_output_files, skip_chunked_run, Outcome, StageOutput};
+use crate::stage::output_lock::lock_outputs;
 use crate::stage::progress::Progress;
 
 pub struct LogprobsJob<'a> {
@@ -67,6 +68,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
         )],
     )?;
     output.meta.extra.insert("role".into(), job.role.into());
+    let _lock = lock_outputs(&[("--out", job.out)])?;
     if skip_chunked_run(job.out, output.is_up_to_date(), job.force)? {
         return Ok(Outcome::UpToDate);
     }
@@ -88,7 +90,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
         .enumerate()
         .map(|(i, r)| ((r.prompt_id.as_str(), r.sample_idx), i))
         .collect();
-    let rows = store.finish(&output.meta, |r: &LogprobRow| {
+    let rows = store.finish(&output.meta, samples.len(), |r: &LogprobRow| {
         order.get(&(r.prompt_id.as_str(), r.sample_idx)).copied()
     })?;
     Ok(Outcome::Written { rows: rows.len() })
@@ -144,7 +146,7 @@ fn check_lengths(path: &Path, samples: &[SampleRow], limit: usize) -> Result<()>
 }
 
 /// Log-probs of every sample not yet in `store`, written in chunks of whole prompts with about
-/// `batch_size` rows each.
+/// `batch_size` rows each (the rows of a chunk still run one by one: see [`logprob_rows`]).
 fn score_pending(
     model: (&str, &Transformer),
     samples: &[SampleRow],
@@ -198,19 +200,23 @@ fn score_pending(
     Ok(())
 }
 
-/// One teacher-forced pass over `batch`: per-token log-probs and their sum.
+/// Per-token log-probs of every sample of `batch` and their sum.
+///
+/// Each sample runs alone, unpadded, as the reward model's sequences do: in a padded batch the
+/// last bits of a row's log-probs change with the other rows (softmax width, gemm blocking), and
+/// a file must not depend on `--batch-size` or on how an interrupted run was chunked.
 fn logprob_rows(
     (label, model): (&str, &Transformer),
     batch: &[&SampleRow],
 ) -> Result<Vec<LogprobRow>> {
-    let pr: Vec<PromptResponse> = batch
-        .iter()
-        .map(|r| PromptResponse {
+    let mut lp = Vec::with_capacity(batch.len());
+    for r in batch {
+        let alone = PromptResponse {
             prompt: &r.prompt_token_ids,
             response: &r.response_token_ids,
-        })
-        .collect();
-    let lp = teacher_forced_logprobs(model, &pr)?.to_vecs()?;
+        };
+        lp.extend(teacher_forced_logprobs(model, &[alone])?.to_vecs()?);
+    }
     for (r, tokens) in batch.iter().zip(&lp) {
         if let Some(i) = tokens.iter().position(|t| !t.is_finite()) {
             bail!(
