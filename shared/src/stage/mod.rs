@@ -9,6 +9,7 @@ pub mod generate;
 mod progress;
 pub mod score;
 mod settings;
+pub mod shard;
 mod train_state;
 pub mod train_step;
 

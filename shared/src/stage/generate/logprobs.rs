@@ -16,6 +16,7 @@ use crate::model::{
 };
 use crate::stage::context::{check_output_files, skip_chunked_run, Outcome, StageOutput};
 use crate::stage::progress::Progress;
+use crate::stage::shard::Shard;
 
 pub struct LogprobsJob<'a> {
     pub model: &'a str,
@@ -23,6 +24,7 @@ pub struct LogprobsJob<'a> {
     pub role: &'a str,
     pub out: &'a Path,
     pub settings: &'a GenerateSettings,
+    pub shard: Option<Shard>,
     pub force: bool,
     /// A log-probs file of the same samples under the same model (in another role), whose rows
     /// are reused instead of recomputed: iteration 1's policy is the reference model.
@@ -45,6 +47,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
     check_output_files(&[("--out", job.out)], &inputs, &[("--model", &dir)])?;
     let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
     ensure!(!samples.is_empty(), "{}: no samples", job.samples.display());
+    let samples = Shard::rows_of_prompts(job.shard, samples, |r| &r.prompt_id)?;
     let device = parse_device(&s.device)?;
     let dtype = dtype_for(s.dtype.as_deref(), &device)?;
     #[derive(Serialize)]
@@ -67,11 +70,16 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
         )],
     )?;
     output.meta.extra.insert("role".into(), job.role.into());
+    if let Some(sh) = job.shard {
+        sh.mark(&mut output.meta);
+    }
     if skip_chunked_run(job.out, output.is_up_to_date(), job.force)? {
         return Ok(Outcome::UpToDate);
     }
     if let Some(other) = job.reuse {
         if let Some(rows) = reusable_rows(other, &samples_meta, &output, job.role)? {
+            // The same samples in the same order: the same slice of them.
+            let rows = Shard::rows_of_prompts(job.shard, rows, |r| &r.prompt_id)?;
             write_rows(job.out, &output.meta, &rows)?;
             return Ok(Outcome::Written { rows: rows.len() });
         }
@@ -107,7 +115,9 @@ fn reusable_rows(
         meta.inputs.first().map(|i| &i.fingerprint) == Some(&samples_meta.fingerprint);
     let same_model = meta.models.values().next().map(|m| &m.digest)
         == output.meta.models.get(role).map(|m| &m.digest);
-    if same_samples && same_model && meta.config["dtype"] == output.meta.config["dtype"] {
+    // A shard's rows are part of the samples only; the whole file is reused.
+    let whole = !meta.extra.contains_key("shard");
+    if same_samples && same_model && whole && meta.config["dtype"] == output.meta.config["dtype"] {
         eprintln!(
             "generate logprobs: same samples and model as {}: rows reused",
             other.display()
