@@ -7,6 +7,7 @@
 #   scripts/slurm-local.sh stop    stop the daemons this script started
 #   scripts/slurm-local.sh env     print `export SLURM_CONF=...` (eval it before sbatch)
 #
+# SLURM_LOCAL_INSTALL=0 never installs (tests/slurm.rs sets it: a test does not apt-get).
 # Idempotent: `start` on a running cluster only checks it. The node is this host with all its
 # CPUs; no cgroups (proctrack/linuxproc, task/none), no accounting database. Logs are in
 # $SLURM_LOCAL_DIR/*.log. Exit status 2: Slurm cannot run here (not root, no apt, a daemon that
@@ -22,6 +23,7 @@ die() { echo "slurm-local: $*" >&2; exit 2; }
 
 install_packages() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return
+  [ "${SLURM_LOCAL_INSTALL:-1}" != 0 ] || die "slurm-wlm and munge are not installed (SLURM_LOCAL_INSTALL=0: not installing them)"
   [ "$(id -u)" = 0 ] || die "slurm-wlm and munge are not installed and this is not root (apt-get needs root)"
   command -v apt-get >/dev/null || die "slurm-wlm and munge are not installed and there is no apt-get"
   echo "slurm-local: installing slurm-wlm and munge (apt-get)" >&2

@@ -58,7 +58,8 @@ fn sharded_logprobs_and_score_merge_to_the_unsharded_files() {
     ];
     ok(&sc, "generate", &sample);
 
-    // Log-probs: the whole, N shards, and the merge.
+    // Log-probs: the whole, N shards, and the merge. Batches of 8 rows hold two prompts (K 3),
+    // so a shard must take whole batches of the unsharded run to give the same bits.
     let logprobs = |out: &Path, extra: &[&str]| {
         let mut a = vec![
             "logprobs",
@@ -71,7 +72,7 @@ fn sharded_logprobs_and_score_merge_to_the_unsharded_files() {
             "--out",
             s(out),
             "--batch-size",
-            "4",
+            "8",
         ];
         a.extend_from_slice(extra);
         ok(&sc, "generate", &a);

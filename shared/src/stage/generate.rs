@@ -122,7 +122,7 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
         &[("--model", &dir)],
     )?;
     let (prompts_meta, prompts) = read_unique_prompts(job.prompts, s)?;
-    let prompts = Shard::keep(job.shard, prompts)?;
+    let prompts = Shard::keep(job.shard, prompts, "prompts")?;
 
     let mut output = StageOutput::new(
         job.out,

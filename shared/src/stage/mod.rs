@@ -17,5 +17,5 @@ pub use context::{content_config, Outcome, StageOutput};
 pub use progress::Progress;
 pub use settings::{
     flag_given, known_sections, make_variables, parse_command_line, PipelineFile, PipelineSettings,
-    Settings, StageFlags,
+    Settings, SlurmSettings, StageFlags,
 };

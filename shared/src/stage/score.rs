@@ -140,7 +140,7 @@ pub fn score_with_judge(
         "--batch-size must be at least 1"
     );
     let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
-    let groups = Shard::keep(job.shard, group_samples(job.samples, &samples)?)?;
+    let groups = Shard::keep(job.shard, group_samples(job.samples, &samples)?, "prompts")?;
     let (prompts_meta, columns) = match job.prompts {
         Some(p) => {
             let (m, c) = PromptColumns::read(p, &groups)?;

@@ -4,7 +4,6 @@
 //! the whole. `generate sample`, `generate logprobs` and `score` shard this way.
 
 use anyhow::{ensure, Context, Result};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::context::Outcome;
@@ -47,52 +46,26 @@ impl Shard {
         i * n / c..(i + 1) * n / c
     }
 
-    /// The items (prompts) of `shard`'s slice; all of them without a shard. Refuses more
-    /// shards than items: every shard has work.
-    pub fn keep<T>(shard: Option<Shard>, mut items: Vec<T>) -> Result<Vec<T>> {
+    /// The items (`what`: prompts, batches) of `shard`'s slice; all of them without a shard.
+    /// Refuses more shards than items: every shard has work.
+    pub fn keep<T>(shard: Option<Shard>, mut items: Vec<T>, what: &str) -> Result<Vec<T>> {
         let Some(sh) = shard else {
             return Ok(items);
         };
         ensure!(
             items.len() >= sh.count as usize,
-            "--shard {}/{}: {} prompts, fewer than the {} shards; expected at most one shard per \
-             prompt",
+            "--shard {}/{}: {} {what}, fewer than the {} shards; expected at most one shard per \
+             {}",
             sh.index,
             sh.count,
             items.len(),
-            sh.count
+            sh.count,
+            what.trim_end_matches('s')
         );
         let range = sh.range(items.len());
         items.truncate(range.end);
         items.drain(..range.start);
         Ok(items)
-    }
-
-    /// The rows of the prompts in `shard`'s slice of the prompts (in order of first
-    /// appearance); all rows without a shard.
-    pub fn rows_of_prompts<T>(
-        shard: Option<Shard>,
-        rows: Vec<T>,
-        prompt_id: impl Fn(&T) -> &str,
-    ) -> Result<Vec<T>> {
-        let Some(sh) = shard else {
-            return Ok(rows);
-        };
-        let mut prompts: Vec<&str> = Vec::new();
-        let mut seen = HashSet::new();
-        for r in &rows {
-            if seen.insert(prompt_id(r)) {
-                prompts.push(prompt_id(r));
-            }
-        }
-        let kept: HashSet<String> = Self::keep(Some(sh), prompts)?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        Ok(rows
-            .into_iter()
-            .filter(|r| kept.contains(prompt_id(r)))
-            .collect())
     }
 
     /// A shard's fingerprint differs from the whole's (a shard is never taken for the whole
@@ -204,21 +177,18 @@ mod tests {
     }
 
     #[test]
-    fn keep_takes_the_slice_and_refuses_more_shards_than_prompts() {
+    fn keep_takes_the_slice_and_refuses_more_shards_than_items() {
         let sh = |index, count| Some(Shard { index, count });
-        assert_eq!(
-            Shard::keep(sh(1, 2), vec![1, 2, 3, 4, 5]).unwrap(),
-            [3, 4, 5]
-        );
-        assert_eq!(Shard::keep(None, vec![1, 2]).unwrap(), [1, 2]);
-        let err = Shard::keep(sh(0, 3), vec![1, 2]).unwrap_err().to_string();
+        let keep = |shard, items: Vec<i32>| Shard::keep(shard, items, "prompts");
+        assert_eq!(keep(sh(1, 2), vec![1, 2, 3, 4, 5]).unwrap(), [3, 4, 5]);
+        assert_eq!(keep(None, vec![1, 2]).unwrap(), [1, 2]);
+        let err = keep(sh(0, 3), vec![1, 2]).unwrap_err().to_string();
         assert!(
-            err.contains("--shard 0/3: 2 prompts, fewer than the 3 shards"),
+            err.contains(
+                "--shard 0/3: 2 prompts, fewer than the 3 shards; expected at most one shard per prompt"
+            ),
             "{err}"
         );
-        let rows = vec![("a", 0), ("a", 1), ("b", 0), ("b", 1), ("c", 0)];
-        let kept = Shard::rows_of_prompts(sh(1, 2), rows, |r| r.0).unwrap();
-        assert_eq!(kept, [("b", 0), ("b", 1), ("c", 0)]);
     }
 
     #[test]
