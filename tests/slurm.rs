@@ -91,6 +91,7 @@ fn without_times(report: &str) -> String {
         "estimate-winrate-",
         "train-step-",
         "evaluate",
+        "**total**",
     ];
     report
         .lines()

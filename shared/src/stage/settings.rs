@@ -540,7 +540,7 @@ mod tests {
             ("cpus = 0", "[slurm] cpus = 0: expected at least 1"),
             ("cpus = \"8\"", "[slurm]"),
             ("extra_args = [\"account=x\"]", "expected sbatch options"),
-            ("gpus = 1", "pipeline.toml:7: [slurm] has no setting `gpus`"),
+            ("gpus = 1", "pipeline.toml:8: [slurm] has no setting `gpus`"),
         ] {
             let (_d, path) = write(&format!("{PIPELINE}[slurm]\n{bad}\n"));
             let err = format!("{:#}", make_variables(&path).unwrap_err());
