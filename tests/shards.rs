@@ -60,7 +60,7 @@ fn sharded_logprobs_and_score_merge_to_the_unsharded_files() {
 
     // Log-probs: the whole, N shards, and the merge. Batches of 8 rows hold two prompts (K 3),
     // so a shard must take whole batches of the unsharded run to give the same bits.
-    let logprobs = |out: &Path, extra: &[&str]| {
+    let logprobs = |role: &str, out: &Path, extra: &[&str]| {
         let mut a = vec![
             "logprobs",
             "--model",
@@ -68,20 +68,20 @@ fn sharded_logprobs_and_score_merge_to_the_unsharded_files() {
             "--samples",
             s(&samples),
             "--role",
-            "policy",
+            role,
             "--out",
             s(out),
             "--batch-size",
             "8",
         ];
         a.extend_from_slice(extra);
-        ok(&sc, "generate", &a);
+        ok(&sc, "generate", &a)
     };
     let whole = sc.path("logprobs-policy.parquet");
-    logprobs(&whole, &[]);
+    logprobs("policy", &whole, &[]);
     let parts = shard_files(&sc, "lp", "logprobs-policy.parquet");
     for (i, p) in parts.iter().enumerate() {
-        logprobs(p, &["--shard", &format!("{i}/{SHARDS}")]);
+        logprobs("policy", p, &["--shard", &format!("{i}/{SHARDS}")]);
     }
     let merged = sc.path("merged/logprobs-policy.parquet");
     merge(&sc, &merged, &parts);
@@ -92,40 +92,14 @@ fn sharded_logprobs_and_score_merge_to_the_unsharded_files() {
 
     // A shard of the reference log-probs reuses its slice of the (whole) policy file.
     let reused = shard_files(&sc, "ref", "logprobs-reference.parquet");
+    let reuse = ["--reuse", s(&whole)];
     for (i, p) in reused.iter().enumerate() {
-        let mut a = vec![
-            "logprobs",
-            "--model",
-            s(&policy),
-            "--samples",
-            s(&samples),
-            "--role",
-            "reference",
-            "--out",
-            s(p),
-            "--reuse",
-            s(&whole),
-        ];
         let spec = format!("{i}/{SHARDS}");
-        a.extend_from_slice(&["--shard", &spec]);
-        let stderr = ok(&sc, "generate", &a);
+        let stderr = logprobs("reference", p, &[reuse[0], reuse[1], "--shard", &spec]);
         assert!(stderr.contains("rows reused"), "{stderr}");
     }
     let ref_whole = sc.path("logprobs-reference.parquet");
-    let a = [
-        "logprobs",
-        "--model",
-        s(&policy),
-        "--samples",
-        s(&samples),
-        "--role",
-        "reference",
-        "--out",
-        s(&ref_whole),
-        "--reuse",
-        s(&whole),
-    ];
-    ok(&sc, "generate", &a);
+    logprobs("reference", &ref_whole, &reuse);
     let ref_merged = sc.path("merged/logprobs-reference.parquet");
     merge(&sc, &ref_merged, &reused);
     assert!(
