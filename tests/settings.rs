@@ -36,7 +36,8 @@ fn flag_of(key: &str) -> String {
 fn every_key_of_a_stage_section_is_a_flag_of_its_binary() {
     for (section, keys) in rspo::stage::known_sections() {
         let helps: Vec<String> = match section {
-            "pipeline" => continue,
+            // What make reads (generate pipeline-vars), not stage flags.
+            "pipeline" | "slurm" => continue,
             "generate" => vec![help("generate", Some("sample"))],
             "score" => vec![help("score", None)],
             "winrate" => vec![help("estimate-winrate", None)],

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use rspo::stage::generate::{self, GenerateSettings, LogprobsJob, SampleJob, Shard};
+use rspo::stage::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
+use rspo::stage::shard::{self, Shard};
 use rspo::stage::{make_variables, parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
@@ -22,7 +23,8 @@ enum Command {
     Sample(SampleArgs),
     /// Teacher-forced log-probs of every sample under a model -> logprobs-<role>.parquet.
     Logprobs(LogprobsArgs),
-    /// Join the outputs of `sample --shard I/N` (all N) into one file.
+    /// Join the outputs of a `--shard I/N` run (all N) into the file an unsharded run writes:
+    /// samples and log-probs, and score's preferences, scores and constraints.
     Merge(MergeArgs),
     /// Check a whole pipeline file and print its [pipeline] section as make variables (the
     /// Makefile reads the file through this).
@@ -73,6 +75,9 @@ struct LogprobsArgs {
     /// model (iteration 1: the policy is the reference model); otherwise compute.
     #[arg(long, value_name = "FILE")]
     reuse: Option<PathBuf>,
+    /// Process only the samples of the I-th of N slices of the prompts (0-based), e.g. 0/4.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     #[command(
         flatten,
         next_help_heading = "Settings (also the [generate] section of --config; log-probs use only batch size, device and dtype)"
@@ -126,13 +131,14 @@ fn main() -> Result<()> {
                 role: &a.role,
                 out: &a.out,
                 settings: &s,
+                shard: a.shard,
                 force: a.run.force,
                 reuse: a.reuse.as_deref(),
             })?;
             report("generate logprobs", &a.out, outcome);
         }
         Command::Merge(a) => {
-            let outcome = generate::merge(&a.shards, &a.out)?;
+            let outcome = shard::merge(&a.shards, &a.out)?;
             report("generate merge", &a.out, outcome);
         }
         Command::PipelineVars { file } => print!("{}", make_variables(&file)?),

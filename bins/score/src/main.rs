@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Parser;
 use rspo::stage::score::{self, ScoreJob, ScoreSettings};
+use rspo::stage::shard::Shard;
 use rspo::stage::{parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
@@ -35,6 +36,10 @@ struct Cli {
     /// Where scalar judges write their scores [default: scores.parquet in the folder of --out].
     #[arg(long, value_name = "FILE")]
     scores_out: Option<PathBuf>,
+    /// Judge only the samples of the I-th of N slices of the prompts (0-based), e.g. 0/4;
+    /// `generate merge` joins the N outputs (each file apart).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     #[command(
         flatten,
         next_help_heading = "Settings (also the [score] section of --config)"
@@ -53,6 +58,7 @@ fn main() -> Result<()> {
         scores_out: a.scores_out.as_deref(),
         prompts: a.prompts.as_deref(),
         settings: &s,
+        shard: a.shard,
         force: a.run.force,
     })?;
     match r.outcome {

@@ -392,6 +392,7 @@ fn mean_logratio_ref(
     let logprobs = |model: &str, role: &str| -> Result<Vec<LogprobRow>> {
         let out = job.out.join(format!("logprobs-{name}-{role}.parquet"));
         generate::logprobs(&LogprobsJob {
+            shard: None,
             model,
             samples: file,
             role,

@@ -1,5 +1,5 @@
 //! `generate`: K samples per prompt from the policy (`sample`), teacher-forced log-probs of
-//! those samples under a model (`logprobs`), and joining shard outputs (`merge`).
+//! those samples under a model (`logprobs`); both shard (see [`super::shard`]).
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,9 +13,10 @@ use super::context::{check_output_files, content_config, skip_chunked_run, Outco
 use super::output_lock::lock_outputs;
 use super::progress::Progress;
 use super::settings::Settings;
+use super::shard::Shard;
 use crate::data::{
-    read_meta, read_prompts, read_rows, row_seed, write_rows, ChunkStore, DigestCache, FileKind,
-    FileMeta, FinishReason, PromptOptions, PromptRow, SampleRow,
+    read_prompts, row_seed, ChunkStore, DigestCache, FileKind, FileMeta, FinishReason,
+    PromptOptions, PromptRow, SampleRow,
 };
 use crate::model::{
     dtype_for, generate, model_ref, parse_device, resolve_model, Checkpoint, Finish,
@@ -74,52 +75,6 @@ impl Settings for GenerateSettings {
 /// Fields that never change what `generate` writes.
 const NOT_CONTENT: &[&str] = &["batch_size", "device"];
 
-/// `--shard I/N`: the I-th of N contiguous slices of the prompts (0-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let (i, n) = s
-            .split_once('/')
-            .with_context(|| format!("--shard {s}: expected I/N, e.g. 0/4"))?;
-        let index: u32 = i
-            .parse()
-            .with_context(|| format!("--shard {s}: I is not a number"))?;
-        let count: u32 = n
-            .parse()
-            .with_context(|| format!("--shard {s}: N is not a number"))?;
-        ensure!(
-            count >= 1 && index < count,
-            "--shard {s}: expected 0 <= I < N"
-        );
-        Ok(Shard { index, count })
-    }
-}
-
-impl Shard {
-    fn range(&self, n: usize) -> std::ops::Range<usize> {
-        let (i, c) = (self.index as usize, self.count as usize);
-        i * n / c..(i + 1) * n / c
-    }
-
-    /// A shard's fingerprint differs from the whole's; `merge` restores the whole's.
-    fn mark(&self, meta: &mut FileMeta) {
-        let whole = meta.fingerprint.clone();
-        meta.extra
-            .insert("shard".into(), format!("{}/{}", self.index, self.count));
-        meta.fingerprint =
-            blake3::hash(format!("{whole}:{}/{}", self.index, self.count).as_bytes())
-                .to_hex()
-                .to_string();
-        meta.extra.insert("unsharded_fingerprint".into(), whole);
-    }
-}
-
 /// A model directory, GGUF file or Hub id (downloaded), opened: config, tokenizer and template checked;
 /// weights are read later, only if there is work to do.
 pub(super) fn open_checkpoint(spec: &str) -> Result<(PathBuf, Checkpoint)> {
@@ -169,10 +124,7 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
         &[("--model", &dir)],
     )?;
     let (prompts_meta, prompts) = read_unique_prompts(job.prompts, s)?;
-    let range = job
-        .shard
-        .map_or(0..prompts.len(), |sh| sh.range(prompts.len()));
-    let prompts = &prompts[range];
+    let prompts = Shard::keep(job.shard, prompts, "prompts")?;
 
     let mut output = StageOutput::new(
         job.out,
@@ -193,7 +145,7 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
         return Ok(Outcome::UpToDate);
     }
     // Render and tokenize everything first: a bad prompt fails before any work is done.
-    let rendered = render_prompts(&ck, prompts, job.prompts)?;
+    let rendered = render_prompts(&ck, &prompts, job.prompts)?;
 
     let device = parse_device(&s.device)?;
     let dtype = dtype_for(s.dtype.as_deref(), &device)?;
@@ -354,60 +306,4 @@ fn sample_batch(
         });
     }
     Ok(rows)
-}
-
-/// Joins `generate sample --shard I/N` outputs (all N of them) into the file an unsharded run
-/// writes.
-pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Outcome> {
-    ensure!(!shards.is_empty(), "merge: no shard files given");
-    let _lock = lock_outputs(&[("--out", out)])?;
-    let mut parts: Vec<(Shard, FileMeta, Vec<SampleRow>)> = Vec::new();
-    for path in shards {
-        let (meta, rows) = read_rows::<SampleRow>(path)?;
-        let shard: Shard = meta
-            .extra
-            .get("shard")
-            .with_context(|| format!("{}: not a shard (no rspo.shard metadata)", path.display()))?
-            .parse()?;
-        parts.push((shard, meta, rows));
-    }
-    parts.sort_by_key(|p| p.0.index);
-    let count = parts[0].0.count;
-    ensure!(
-        parts.len() == count as usize
-            && parts
-                .iter()
-                .enumerate()
-                .all(|(i, p)| p.0.index == i as u32 && p.0.count == count),
-        "merge: expected the {count} shards 0/{count} .. {}/{count} once each, found {:?}",
-        count - 1,
-        parts
-            .iter()
-            .map(|p| format!("{}/{}", p.0.index, p.0.count))
-            .collect::<Vec<_>>()
-    );
-    let mut meta = parts[0].1.clone();
-    let whole = meta
-        .extra
-        .remove("unsharded_fingerprint")
-        .context("shard without rspo.unsharded_fingerprint")?;
-    meta.extra.remove("shard");
-    for (sh, m, _) in &parts[1..] {
-        ensure!(
-            m.extra.get("unsharded_fingerprint") == Some(&whole),
-            "merge: shard {}/{} comes from another run (other inputs or settings)",
-            sh.index,
-            sh.count
-        );
-    }
-    meta.fingerprint = whole;
-    let rows: Vec<SampleRow> = parts.into_iter().flat_map(|p| p.2).collect();
-    if read_meta(out)
-        .map(|m| m.fingerprint == meta.fingerprint)
-        .unwrap_or(false)
-    {
-        return Ok(Outcome::UpToDate);
-    }
-    write_rows(out, &meta, &rows)?;
-    Ok(Outcome::Written { rows: rows.len() })
 }

@@ -10,6 +10,7 @@ mod output_lock;
 mod progress;
 pub mod score;
 mod settings;
+pub mod shard;
 mod train_state;
 pub mod train_step;
 
@@ -17,5 +18,5 @@ pub use context::{content_config, Outcome, StageOutput};
 pub use progress::Progress;
 pub use settings::{
     flag_given, known_sections, make_variables, parse_command_line, PipelineFile, PipelineSettings,
-    Settings, StageFlags,
+    Settings, SlurmSettings, StageFlags,
 };

@@ -17,6 +17,7 @@ use super::context::{check_output_files, skip_chunked_run, Outcome, StageOutput}
 use super::output_lock::{lock_outputs, OutputLock};
 use super::progress::Progress;
 use super::settings::Settings;
+use super::shard::Shard;
 use crate::data::{
     default_cache_dir, read_rows, write_rows, ChunkStore, FileKind, FileMeta, PreferenceRow,
     SampleRow, ScoreRow,
@@ -82,6 +83,8 @@ pub struct ScoreJob<'a> {
     /// (`rule:exact-match`), `constraints` (`instructions`).
     pub prompts: Option<&'a Path>,
     pub settings: &'a ScoreSettings,
+    /// Judge only this slice of the prompts (see [`super::shard`]).
+    pub shard: Option<Shard>,
     pub force: bool,
 }
 
@@ -138,7 +141,7 @@ pub fn score_with_judge(
         "--batch-size must be at least 1"
     );
     let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
-    let groups = group_samples(job.samples, &samples)?;
+    let groups = Shard::keep(job.shard, group_samples(job.samples, &samples)?, "prompts")?;
     let (prompts_meta, columns) = match job.prompts {
         Some(p) => {
             let (m, c) = PromptColumns::read(p, &groups)?;
@@ -212,8 +215,13 @@ impl Outputs {
         inputs: &[(&Path, &FileMeta)],
         k: usize,
     ) -> Result<Self> {
-        let output = |path: &Path, kind| {
-            StageOutput::new(path, kind, "score", &spec.content, inputs, &spec.models)
+        let output = |path: &Path, kind| -> Result<StageOutput> {
+            let mut out =
+                StageOutput::new(path, kind, "score", &spec.content, inputs, &spec.models)?;
+            if let Some(sh) = job.shard {
+                sh.mark(&mut out.meta);
+            }
+            Ok(out)
         };
         let mut preferences = output(job.out, FileKind::Preferences)?;
         // estimate-winrate checks every prompt against this K (a pair missing from every prompt

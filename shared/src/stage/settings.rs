@@ -123,6 +123,72 @@ pub struct PipelineSettings {
     pub baseline: String,
 }
 
+/// The `[slurm]` section: the sbatch options of every job `make iter LAUNCHER=slurm` submits
+/// (each shardable stage as a job array of SHARDS tasks, the other stages as one job).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmSettings {
+    /// `--partition`: the partition (queue) the jobs run in.
+    pub partition: Option<String>,
+    /// `--gres`: generic resources per task, e.g. `gpu:1`.
+    pub gres: Option<String>,
+    /// `--time`: each task's time limit, e.g. `02:00:00`.
+    pub time: Option<String>,
+    /// `--cpus-per-task`.
+    pub cpus: Option<u32>,
+    /// Further sbatch arguments, one per element, e.g. `["--account=alignment", "--qos=high"]`.
+    pub extra_args: Vec<String>,
+}
+
+impl SlurmSettings {
+    /// The sbatch arguments, each one a single word.
+    pub fn sbatch_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let options = [
+            ("--partition", self.partition.clone()),
+            ("--gres", self.gres.clone()),
+            ("--time", self.time.clone()),
+            ("--cpus-per-task", self.cpus.map(|c| c.to_string())),
+        ];
+        for (flag, value) in options {
+            args.extend(value.map(|v| format!("{flag}={v}")));
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// Refuses an empty value, a value with a space (sbatch would read two arguments) and 0
+    /// CPUs, naming the key.
+    fn check(&self, path: &Path) -> Result<()> {
+        let named = [
+            ("partition", self.partition.as_deref()),
+            ("gres", self.gres.as_deref()),
+            ("time", self.time.as_deref()),
+        ];
+        for (key, value) in named {
+            if let Some(v) = value {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    bail!(
+                        "{}: [slurm] {key} = {v:?}: expected one word without spaces",
+                        path.display()
+                    );
+                }
+            }
+        }
+        if self.cpus == Some(0) {
+            bail!("{}: [slurm] cpus = 0: expected at least 1", path.display());
+        }
+        if let Some(a) = self.extra_args.iter().find(|a| !a.starts_with('-')) {
+            bail!(
+                "{}: [slurm] extra_args has {a:?}: expected sbatch options such as \
+                 \"--account=NAME\", one per element",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The names of every section a pipeline file may hold, with their keys.
 pub fn known_sections() -> Vec<(&'static str, Vec<String>)> {
     fn keys<S: Settings>() -> (&'static str, Vec<String>) {
@@ -136,6 +202,13 @@ pub fn known_sections() -> Vec<(&'static str, Vec<String>)> {
         (
             "pipeline",
             fields_of(&PipelineSettings::default())
+                .keys()
+                .cloned()
+                .collect(),
+        ),
+        (
+            "slurm",
+            fields_of(&SlurmSettings::default())
                 .keys()
                 .cloned()
                 .collect(),
@@ -226,6 +299,15 @@ impl PipelineFile {
             .map_err(|e| anyhow!("{}: [pipeline]: {e}", self.path))
     }
 
+    /// The `[slurm]` section, typed and checked.
+    pub fn slurm(&self) -> Result<SlurmSettings> {
+        let s: SlurmSettings = toml::Value::Table(self.section("slurm"))
+            .try_into()
+            .map_err(|e| anyhow!("{}: [slurm]: {e}", self.path))?;
+        s.check(Path::new(&self.path))?;
+        Ok(s)
+    }
+
     /// An error that names the file and the line of `[section]` (or of `key` in it; the top
     /// level is section "").
     fn error_at(&self, section: &str, key: Option<&str>, message: &str) -> anyhow::Error {
@@ -265,7 +347,9 @@ fn line_of(text: &str, section: &str, key: Option<&str>) -> Option<usize> {
 /// `generate pipeline-vars`: the `[pipeline]` section as make variables, after checking the
 /// whole file, so that make and the stages read one file one way.
 pub fn make_variables(path: &Path) -> Result<String> {
-    let p = PipelineFile::read(path)?.pipeline()?;
+    let file = PipelineFile::read(path)?;
+    let p = file.pipeline()?;
+    let slurm = file.slurm()?;
     let mut missing = Vec::new();
     for (key, value) in [
         ("base_model", &p.base_model),
@@ -308,6 +392,16 @@ pub fn make_variables(path: &Path) -> Result<String> {
         ("PROMPT_PARTS", p.prompt_parts.max(1).to_string()),
         ("EVAL_PROMPTS", p.eval_prompts.clone()),
         ("BASELINE", p.baseline.clone()),
+        // Each argument single-quoted for the shell of make's recipes.
+        (
+            "SLURM_ARGS",
+            slurm
+                .sbatch_args()
+                .iter()
+                .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
     ];
     Ok(vars
         .iter()
@@ -421,6 +515,39 @@ mod tests {
         );
     }
 
+    const PIPELINE: &str = "[pipeline]\nbase_model = \"m\"\njudge = \"reward-model\"\n\
+        prompts = \"p.parquet\"\neval_prompts = \"e.parquet\"\nbaseline = \"m\"\n";
+
+    #[test]
+    fn the_slurm_section_becomes_sbatch_arguments() {
+        let (_d, path) = write(&format!(
+            "{PIPELINE}[slurm]\npartition = \"gpu\"\ngres = \"gpu:1\"\ntime = \"02:00:00\"\n\
+             cpus = 8\nextra_args = [\"--account=o'brien\", \"--qos=high\"]\n"
+        ));
+        let vars = make_variables(&path).unwrap();
+        assert!(
+            vars.contains(
+                "SLURM_ARGS := '--partition=gpu' '--gres=gpu:1' '--time=02:00:00' \
+                 '--cpus-per-task=8' '--account=o'\\''brien' '--qos=high'\n"
+            ),
+            "{vars}"
+        );
+        for (bad, expected) in [
+            (
+                "partition = \"a b\"",
+                "[slurm] partition = \"a b\": expected one word",
+            ),
+            ("cpus = 0", "[slurm] cpus = 0: expected at least 1"),
+            ("cpus = \"8\"", "[slurm]"),
+            ("extra_args = [\"account=x\"]", "expected sbatch options"),
+            ("gpus = 1", "pipeline.toml:8: [slurm] has no setting `gpus`"),
+        ] {
+            let (_d, path) = write(&format!("{PIPELINE}[slurm]\n{bad}\n"));
+            let err = format!("{:#}", make_variables(&path).unwrap_err());
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn make_variables_survive_comments_and_quote_nothing() {
         let (_d, path) = write(
@@ -438,6 +565,7 @@ mod tests {
                 && vars.contains("JUDGE_READS_PROMPTS := yes\n"),
             "{vars}"
         );
+        assert!(vars.contains("SLURM_ARGS := \n"), "{vars}");
         let (_d, path) = write("[pipeline]\njudge = \"x\"\n");
         let err = format!("{:#}", make_variables(&path).unwrap_err());
         assert!(

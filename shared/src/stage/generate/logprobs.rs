@@ -3,7 +3,8 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::Path;
 
 use super::{open_checkpoint, GenerateSettings};
@@ -17,6 +18,7 @@ use crate::model::{
 use crate::stage::context::{check_output_files, skip_chunked_run, Outcome, StageOutput};
 use crate::stage::output_lock::lock_outputs;
 use crate::stage::progress::Progress;
+use crate::stage::shard::Shard;
 
 pub struct LogprobsJob<'a> {
     pub model: &'a str,
@@ -24,6 +26,7 @@ pub struct LogprobsJob<'a> {
     pub role: &'a str,
     pub out: &'a Path,
     pub settings: &'a GenerateSettings,
+    pub shard: Option<Shard>,
     pub force: bool,
     /// A log-probs file of the same samples under the same model (in another role), whose rows
     /// are reused instead of recomputed: iteration 1's policy is the reference model.
@@ -46,6 +49,7 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
     check_output_files(&[("--out", job.out)], &inputs, &[("--model", &dir)])?;
     let (samples_meta, samples) = read_rows::<SampleRow>(job.samples)?;
     ensure!(!samples.is_empty(), "{}: no samples", job.samples.display());
+    let samples = shard_samples(job.shard, samples, s.batch_size)?;
     let device = parse_device(&s.device)?;
     let dtype = dtype_for(s.dtype.as_deref(), &device)?;
     #[derive(Serialize)]
@@ -69,11 +73,20 @@ pub fn logprobs(job: &LogprobsJob) -> Result<Outcome> {
     )?;
     output.meta.extra.insert("role".into(), job.role.into());
     let _lock = lock_outputs(&[("--out", job.out)])?;
+    if let Some(sh) = job.shard {
+        sh.mark(&mut output.meta);
+    }
     if skip_chunked_run(job.out, output.is_up_to_date(), job.force)? {
         return Ok(Outcome::UpToDate);
     }
     if let Some(other) = job.reuse {
         if let Some(rows) = reusable_rows(other, &samples_meta, &output, job.role)? {
+            // The same samples: keep the rows of this shard's.
+            let ids: HashSet<&str> = samples.iter().map(|r| r.prompt_id.as_str()).collect();
+            let rows: Vec<LogprobRow> = rows
+                .into_iter()
+                .filter(|r| ids.contains(r.prompt_id.as_str()))
+                .collect();
             write_rows(job.out, &output.meta, &rows)?;
             return Ok(Outcome::Written { rows: rows.len() });
         }
@@ -109,7 +122,9 @@ fn reusable_rows(
         meta.inputs.first().map(|i| &i.fingerprint) == Some(&samples_meta.fingerprint);
     let same_model = meta.models.values().next().map(|m| &m.digest)
         == output.meta.models.get(role).map(|m| &m.digest);
-    if same_samples && same_model && meta.config["dtype"] == output.meta.config["dtype"] {
+    // A shard's rows are part of the samples only; the whole file is reused.
+    let whole = !meta.extra.contains_key("shard");
+    if same_samples && same_model && whole && meta.config["dtype"] == output.meta.config["dtype"] {
         eprintln!(
             "generate logprobs: same samples and model as {}: rows reused",
             other.display()
@@ -145,6 +160,57 @@ fn check_lengths(path: &Path, samples: &[SampleRow], limit: usize) -> Result<()>
     Ok(())
 }
 
+/// The samples grouped by prompt (consecutive rows of one prompt_id): the unit of work.
+fn prompt_groups(samples: &[SampleRow]) -> Vec<(&str, Vec<&SampleRow>)> {
+    let mut groups: Vec<(&str, Vec<&SampleRow>)> = Vec::new();
+    for r in samples {
+        match groups.last_mut() {
+            Some((pid, rows)) if *pid == r.prompt_id => rows.push(r),
+            _ => groups.push((&r.prompt_id, vec![r])),
+        }
+    }
+    groups
+}
+
+/// Chunks of whole prompts with about `batch_size` rows each, as ranges of the prompt groups
+/// of `sizes` rows: the rows in a chunk go through the model together.
+fn chunk_plan(sizes: &[usize], batch_size: usize) -> Vec<Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while i < sizes.len() {
+        let (mut j, mut rows) = (i, 0);
+        while j < sizes.len() && (rows == 0 || rows + sizes[j] <= batch_size) {
+            rows += sizes[j];
+            j += 1;
+        }
+        chunks.push(i..j);
+        i = j;
+    }
+    chunks
+}
+
+/// The samples of `shard`'s slice of the unsharded run's chunks (all samples without a
+/// shard). A shard takes whole chunks of whole prompts, so an interrupted shard resumes on the
+/// chunk boundaries of an unsharded run (each row's log-probs do not depend on its chunk).
+fn shard_samples(
+    shard: Option<Shard>,
+    samples: Vec<SampleRow>,
+    batch_size: usize,
+) -> Result<Vec<SampleRow>> {
+    if shard.is_none() {
+        return Ok(samples);
+    }
+    let groups = prompt_groups(&samples);
+    let sizes: Vec<usize> = groups.iter().map(|g| g.1.len()).collect();
+    let chunks = Shard::keep(shard, chunk_plan(&sizes, batch_size), "batches of prompts")?;
+    let range = chunks[0].start..chunks[chunks.len() - 1].end;
+    let kept: HashSet<String> = groups[range].iter().map(|g| g.0.to_string()).collect();
+    Ok(samples
+        .into_iter()
+        .filter(|r| kept.contains(&r.prompt_id))
+        .collect())
+}
+
 /// Log-probs of every sample not yet in `store`, written in chunks of whole prompts with about
 /// `batch_size` rows each (the rows of a chunk still run one by one: see [`logprob_rows`]).
 fn score_pending(
@@ -153,14 +219,7 @@ fn score_pending(
     batch_size: usize,
     store: &mut ChunkStore,
 ) -> Result<()> {
-    // Work unit: all samples of one prompt.
-    let mut groups: Vec<(&str, Vec<&SampleRow>)> = Vec::new();
-    for r in samples {
-        match groups.last_mut() {
-            Some((pid, rows)) if *pid == r.prompt_id => rows.push(r),
-            _ => groups.push((&r.prompt_id, vec![r])),
-        }
-    }
+    let groups = prompt_groups(samples);
     let mut progress = Progress::new("logprobs", samples.len() as u64, "tokens");
     let mut pending: Vec<&(&str, Vec<&SampleRow>)> = Vec::new();
     for g in &groups {
@@ -170,17 +229,12 @@ fn score_pending(
             pending.push(g);
         }
     }
-    // Chunks of whole prompts with about `batch_size` rows each.
-    let mut i = 0;
-    while i < pending.len() {
-        let mut j = i;
-        let mut rows: Vec<&SampleRow> = Vec::new();
-        while j < pending.len()
-            && (rows.is_empty() || rows.len() + pending[j].1.len() <= batch_size)
-        {
-            rows.extend(pending[j].1.iter().copied());
-            j += 1;
-        }
+    let sizes: Vec<usize> = pending.iter().map(|g| g.1.len()).collect();
+    for chunk in chunk_plan(&sizes, batch_size) {
+        let rows: Vec<&SampleRow> = pending[chunk.clone()]
+            .iter()
+            .flat_map(|g| g.1.iter().copied())
+            .collect();
         let mut out_rows = Vec::with_capacity(rows.len());
         for batch in rows.chunks(batch_size) {
             out_rows.extend(logprob_rows(model, batch)?);
@@ -191,10 +245,9 @@ fn score_pending(
                     .sum(),
             );
         }
-        let keys: Vec<&str> = pending[i..j].iter().map(|g| g.0).collect();
+        let keys: Vec<&str> = pending[chunk].iter().map(|g| g.0).collect();
         store.write_chunk(&keys, &out_rows)?;
         progress.advance(rows.len() as u64);
-        i = j;
     }
     progress.finish();
     Ok(())
@@ -239,4 +292,17 @@ fn logprob_rows(
             token_logprobs: tokens,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_plan;
+
+    #[test]
+    fn chunks_hold_whole_prompts_up_to_the_batch_size() {
+        assert_eq!(chunk_plan(&[8, 8, 8, 8, 8], 16), [0..2, 2..4, 4..5]);
+        // A prompt larger than the batch is a chunk alone.
+        assert_eq!(chunk_plan(&[3, 20, 3, 3], 8), [0..1, 1..2, 2..4]);
+        assert!(chunk_plan(&[], 4).is_empty());
+    }
 }

@@ -94,6 +94,7 @@ mod tests {
         s.temperature = 0.5;
         let run = |out: &Path, force: bool| {
             score(&ScoreJob {
+                shard: None,
                 samples: &samples,
                 out,
                 scores_out: None,
@@ -163,6 +164,7 @@ mod tests {
         let prompts = tmp.path("prompts.parquet");
         let out = tmp.path("sub/preferences.parquet");
         let job = |prompts| ScoreJob {
+            shard: None,
             samples: &samples,
             out: &out,
             scores_out: None,

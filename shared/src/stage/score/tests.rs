@@ -64,6 +64,7 @@ fn length_settings(tmp: &Tmp, target: usize) -> ScoreSettings {
 fn job<'a>(tmp: &'a Tmp, s: &'a ScoreSettings, samples: &'a Path, out: &'a Path) -> ScoreJob<'a> {
     let _ = tmp;
     ScoreJob {
+        shard: None,
         samples,
         out,
         scores_out: None,
@@ -211,6 +212,7 @@ fn temperature_divides_the_gap_and_changes_the_fingerprint() {
     };
     let out2 = tmp.path("p2.parquet");
     let r = score(&ScoreJob {
+        shard: None,
         scores_out: Some(&tmp.path("scores2.parquet")),
         ..job(&tmp, &hot, &samples, &out2)
     })
@@ -341,6 +343,7 @@ fn exact_match_reads_references_from_the_prompts_file() {
         "{err:#}"
     );
     let r = score(&ScoreJob {
+        shard: None,
         prompts: Some(&prompts),
         ..job(&tmp, &s, &samples, &out)
     })
@@ -363,6 +366,7 @@ fn exact_match_reads_references_from_the_prompts_file() {
     .unwrap();
     let out2 = tmp.path("sub/preferences.parquet");
     let err = score(&ScoreJob {
+        shard: None,
         prompts: Some(&prompts),
         ..job(&tmp, &s, &samples, &out2)
     })
@@ -603,6 +607,7 @@ fn a_pairwise_judge_fills_both_orders_and_is_cached() {
             }),
         };
         let run_job = ScoreJob {
+            shard: None,
             force,
             ..job(&tmp, &s, &samples, &out)
         };
