@@ -8,13 +8,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use rspo::data::DigestCache;
-use rspo::model::{model_ref, teacher_forced_logprobs, Checkpoint, PromptResponse, Weights};
+mod support;
+use support::fixture;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
+use rspo::model::{model_ref, teacher_forced_logprobs, Checkpoint, PromptResponse, Weights};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rspo-peft-{name}-{}", std::process::id()));
