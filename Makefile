@@ -24,7 +24,8 @@ BUILD    ?= build
 
 # The [pipeline] section as make variables (BASE_MODEL, JUDGE, JUDGE_MODEL, PROMPTS,
 # PROMPT_PARTS, EVAL_PROMPTS, BASELINE; JUDGE_READS_PROMPTS from the judge registry; SLURM_ARGS
-# from [slurm]), written by our own reader after it checks the whole
+# from [slurm]; MODEL_DIR, the folder of an iteration that is its model: model, or adapter for
+# LoRA without merge), written by our own reader after it checks the whole
 # file, so that make and the stages read one file one way. make remakes it when the pipeline
 # file changes, then starts over with the values.
 PIPELINE_VARS = $(RUNDIR)/pipeline.mk
@@ -62,8 +63,9 @@ ITERS     := $(shell seq 1 $(N))
 # Hub id (no local file to watch).
 BASE_DEP := $(or $(wildcard $(BASE_MODEL)/config.json),$(wildcard $(BASE_MODEL)/*.gguf),$(filter %.gguf,$(wildcard $(BASE_MODEL))))
 
-# Iteration t's policy: the base model for t = 1, else iteration t-1's model/.
-policy_dir    = $(if $(filter 1,$(1)),$(BASE_MODEL),$(RUNDIR)/iter-$(shell expr $(1) - 1)/model)
+# Iteration t's policy: the base model for t = 1, else iteration t-1's model/ (or its PEFT
+# adapter/ folder, which loads as the base plus the adapter).
+policy_dir    = $(if $(filter 1,$(1)),$(BASE_MODEL),$(RUNDIR)/iter-$(shell expr $(1) - 1)/$(MODEL_DIR))
 policy_dep    = $(if $(filter 1,$(1)),$(BASE_DEP),$(RUNDIR)/iter-$(shell expr $(1) - 1)/train_log.parquet)
 # Prompt part for iteration t: `{t}` in `prompts` cycles through 1..prompt_parts.
 prompts_for   = $(subst {t},$(shell expr \( $(1) - 1 \) % $(PROMPT_PARTS) + 1),$(PROMPTS))
@@ -143,7 +145,7 @@ $(RUNDIR)/iter-$(1)/train_log.parquet: $(RUNDIR)/iter-$(1)/samples.parquet \
 endef
 $(foreach t,$(ITERS),$(eval $(call ITERATION,$(t))))
 
-MODELS     := $(BASE_MODEL) $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/model)
+MODELS     := $(BASE_MODEL) $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/$(MODEL_DIR))
 TRAIN_LOGS := $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/train_log.parquet)
 
 $(RUNDIR)/eval-$(N)/summary.json: $(TRAIN_LOGS) $(EVAL_PROMPTS) $(PIPELINE) | $(BUILD)

@@ -213,4 +213,12 @@ fn pipeline_vars_prints_make_variables() {
         vars.contains("PROMPTS := data/prompts/train-{t}.parquet\n"),
         "{vars}"
     );
+    assert!(vars.contains("MODEL_DIR := model\n"), "{vars}");
+    // LoRA without merge: an iteration's model is its adapter folder.
+    let lora = Command::new(bin("generate"))
+        .args(["pipeline-vars", s(&repo("pipelines/tiny-lora.toml"))])
+        .output()
+        .unwrap();
+    let lora = String::from_utf8(lora.stdout).unwrap();
+    assert!(lora.contains("MODEL_DIR := adapter\n"), "{lora}");
 }

@@ -1,6 +1,7 @@
 //! The embedded default: the two shipped tiny models are what `make_tiny_models` says they are,
-//! and `make iter N=3` on pipelines/tiny.toml learns, reruns nothing the second time, and adds one
-//! iteration for N=4.
+//! and `make iter N=3` on pipelines/tiny.toml learns, gives the numbers README.md quotes, reruns
+//! nothing the second time, and adds one iteration for N=4. Its LoRA variant
+//! (pipelines/tiny-lora.toml) chains PEFT adapter folders through `make iter N=2`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -164,6 +165,7 @@ fn make_iter_learns_and_reruns_only_what_changed() {
     );
     assert!(models[3]["mean_logratio_ref"].as_f64().unwrap() > 0.0);
     let report = std::fs::read_to_string(run.run_dir.join("eval-3/report.md")).unwrap();
+    check_readme_results(&report);
     for stage in ["generate-3", "score-3", "train-step-3", "evaluate"] {
         assert!(
             report.contains(&format!("| {stage} |")),
@@ -230,4 +232,103 @@ fn make_iter_learns_and_reruns_only_what_changed() {
     }
     assert!(!out.contains("train_log.parquet is up to date"), "{out}");
     assert_ne!(modified(&train_log), before, "train-step did not rerun");
+}
+
+/// The rows of the first Markdown table after `marker` (or of the first table when empty), as
+/// cells; the first row is the header.
+fn markdown_table(text: &str, marker: &str) -> Vec<Vec<String>> {
+    let start = text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
+    text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| !l.starts_with("| ---"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// README.md's results table quotes this run's report.md: the same models, and in every column
+/// the README shows (by header), the same value.
+fn check_readme_results(report: &str) {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let quoted = markdown_table(&readme, "<!-- results: data/runs/tiny/eval-3/report.md -->");
+    let run = markdown_table(report, "");
+    let column = |name: &str| {
+        run[0].iter().position(|h| h == name).unwrap_or_else(|| {
+            panic!(
+                "README.md's column `{name}` is not in report.md: {:?}",
+                run[0]
+            )
+        })
+    };
+    let columns: Vec<usize> = quoted[0].iter().map(|h| column(h)).collect();
+    let expected: Vec<Vec<String>> = run[1..]
+        .iter()
+        .map(|row| columns.iter().map(|&c| row[c].clone()).collect())
+        .collect();
+    assert_eq!(
+        quoted[1..].to_vec(),
+        expected,
+        "README.md's results table differs from this run's report.md:\n{report}"
+    );
+}
+
+/// A LoRA pipeline (adapters, no merge) through make: iteration 2 samples from and trains on
+/// iteration 1's adapter folder, and evaluate loads both adapters as models.
+#[test]
+fn lora_pipeline_chains_adapter_folders() {
+    let scratch = Scratch::new("make-iter-lora");
+    let run = MakeRun {
+        pipeline: repo("pipelines/tiny-lora.toml"),
+        run_dir: scratch.path("tiny-lora"),
+        cache: scratch.path(".cache"),
+    };
+    let out = run.make(&["iter", "N=2"]);
+    let log = text(&out);
+    assert!(out.status.success(), "make iter N=2 failed:\n{log}");
+    let dir = &run.run_dir;
+    for t in 1..=2 {
+        let adapter = dir.join(format!("iter-{t}/adapter"));
+        assert!(adapter.join("adapter_model.safetensors").is_file(), "{log}");
+        assert!(
+            !dir.join(format!("iter-{t}/model")).exists(),
+            "merge = false writes no model/"
+        );
+    }
+    let iter1 = dir.join("iter-1/adapter").display().to_string();
+    assert!(
+        log.contains(&format!(
+            "generate sample --config {} --model {iter1} ",
+            run.pipeline.display()
+        )),
+        "iteration 2 does not sample from iteration 1's adapter:\n{log}"
+    );
+    assert!(log.contains(&format!("--policy {iter1} ")), "{log}");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("iter-2/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let base = PathBuf::from(config["base_model_name_or_path"].as_str().unwrap());
+    assert_eq!(
+        base,
+        std::fs::canonicalize(dir.join("iter-1/adapter")).unwrap()
+    );
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval-2/summary.json")).unwrap())
+            .unwrap();
+    let models = summary["models"].as_array().unwrap();
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tiny-policy", "iter-1", "iter-2"]);
+    let kl = |i: usize| models[i]["mean_logratio_ref"].as_f64().unwrap();
+    assert!(
+        kl(1) > 0.0 && kl(2) > 0.0 && kl(2) != kl(1),
+        "the adapters move the policy: {:?}",
+        (kl(1), kl(2))
+    );
 }

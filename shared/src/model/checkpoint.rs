@@ -9,6 +9,7 @@ use tokenizers::Tokenizer;
 use super::chat_template::ChatTemplate;
 use super::config::ModelConfig;
 use super::gguf::{gguf_file, GgufModel};
+use super::peft::{is_adapter_dir, PeftAdapter};
 use super::transformer::Transformer;
 use super::weights::{weight_files, Weights};
 use super::{ModelError, Result};
@@ -53,8 +54,14 @@ fn require(dir: &Path, name: &str, expected: &str) -> Result<PathBuf> {
 impl Checkpoint {
     /// Opens a model directory, checking that every file a stage needs is there (weights are
     /// read later, by `load_model`). A `.gguf` file, or a folder holding one, opens as the
-    /// equivalent Hugging Face model.
+    /// equivalent Hugging Face model; a PEFT adapter folder as its base model (config,
+    /// tokenizer, chat template), whose weights `load_model` reads with the adapter merged in.
     pub fn open(dir: &Path) -> Result<Self> {
+        if is_adapter_dir(dir) {
+            let mut base = Self::open(&PeftAdapter::open(dir)?.base_dir()?)?;
+            base.dir = dir.to_path_buf();
+            return Ok(base);
+        }
         if let Some(file) = gguf_file(dir)? {
             return Self::open_gguf(&file);
         }

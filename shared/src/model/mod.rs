@@ -1,7 +1,8 @@
 //! Hugging Face checkpoints and the one differentiable transformer every stage runs.
 //!
 //! - [`Checkpoint`]: a model directory (config, weights, tokenizer, chat template), or a GGUF
-//!   file read as the equivalent one ([`GgufModel`]).
+//!   file read as the equivalent one ([`GgufModel`]), or a PEFT LoRA adapter folder read as its
+//!   base with the adapter merged in ([`PeftAdapter`]).
 //! - [`Transformer`]: the Llama-family decoder with a causal-LM or reward head.
 //! - [`teacher_forced_logprobs`]: per-token log-probs of responses, chunked over the vocabulary.
 //! - [`resolve_model`], [`model_ref`], [`parse_device`], [`dtype_for`]: a model as the command
@@ -20,6 +21,7 @@ mod gguf_tokenizer;
 mod kv_cache;
 mod logprobs;
 pub mod ops;
+pub mod peft;
 mod random_init;
 mod resolve;
 pub mod sampling;
@@ -41,6 +43,7 @@ pub use logprobs::{
     hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,
     ResponseLogprobs,
 };
+pub use peft::{is_adapter_dir, PeftAdapter};
 pub use random_init::random_weights;
 pub use resolve::{model_ref, resolve_model};
 pub use sampling::{sampling_distribution, RowRng, SamplingParams};

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::gguf::{gguf_file, GgufModel};
+use super::peft::{is_adapter_dir, PeftAdapter};
 use super::{ModelError, Result};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -68,9 +69,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl Weights {
-    /// Reads every tensor of the model directory (or GGUF file), converted to `dtype` on
-    /// `device`.
+    /// Reads every tensor of the model directory (or GGUF file, or PEFT adapter folder: its
+    /// base's tensors with the adapter merged in), converted to `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        if is_adapter_dir(dir) {
+            let adapter = PeftAdapter::open(dir)?;
+            let mut weights = Weights::load(&adapter.base_dir()?, dtype, device)?;
+            adapter.merge_into(&mut weights.tensors, device)?;
+            weights.source = dir.to_path_buf();
+            return Ok(weights);
+        }
         if let Some(file) = gguf_file(dir)? {
             return GgufModel::open(&file)?.weights(dtype, device);
         }

@@ -104,7 +104,8 @@ pub struct ModelSummary {
     pub mean_logratio_ref: f64,
 }
 
-/// A short name for a model path: `iter-2` for `.../iter-2/model`, else the last component.
+/// A short name for a model path: `iter-2` for `.../iter-2/model` (or a LoRA run's
+/// `.../iter-2/adapter`), else the last component.
 fn short_model_name(spec: &str) -> String {
     let p = Path::new(spec.trim_end_matches('/'));
     let last = p
@@ -112,7 +113,9 @@ fn short_model_name(spec: &str) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     match p.parent().and_then(|q| q.file_name()) {
-        Some(parent) if last == "model" => parent.to_string_lossy().into_owned(),
+        Some(parent) if last == "model" || last == "adapter" => {
+            parent.to_string_lossy().into_owned()
+        }
         _ => last,
     }
 }

@@ -379,6 +379,14 @@ pub fn make_variables(path: &Path) -> Result<String> {
     // references or constraints); an unknown judge fails here, before any stage runs.
     let judge = crate::judge::find_judge(&p.judge)
         .with_context(|| format!("{}: [pipeline] judge", path.display()))?;
+    // Which folder of iteration t is its model: `model/`, or with LoRA and no merge the PEFT
+    // adapter folder `adapter/` (an adapter folder loads as its base plus the adapter).
+    let train = super::train_step::TrainStepSettings::from_config(Some(path))?;
+    let model_dir = if train.lora_rank.is_some() && !train.merge {
+        "adapter"
+    } else {
+        "model"
+    };
     let escape = |v: &str| v.replace('$', "$$").replace('#', "\\#");
     let vars = [
         ("BASE_MODEL", p.base_model.clone()),
@@ -402,6 +410,7 @@ pub fn make_variables(path: &Path) -> Result<String> {
                 .collect::<Vec<_>>()
                 .join(" "),
         ),
+        ("MODEL_DIR", model_dir.to_string()),
     ];
     Ok(vars
         .iter()

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::rng::SplitMix64;
-use crate::model::{LoraAdapter, Transformer};
+use crate::model::{LoraAdapter, ModelError, PeftAdapter, Transformer};
 
 /// The linear layers LoRA can adapt.
 pub const LORA_TARGETS: [&str; 7] = [
@@ -26,10 +26,10 @@ pub const LORA_TARGETS: [&str; 7] = [
     "down_proj",
 ];
 
-/// PEFT's key prefix for a causal LM.
-pub const PEFT_PREFIX: &str = "base_model.model.";
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub use crate::model::peft::{
+    lora_tensor_name, merged_weight, parse_lora_tensor_name, LoraPart, ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS, PEFT_PREFIX,
+};
 
 /// The adapter settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,8 @@ pub enum LoraError {
     File { path: String, message: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 impl LoraSpec {
@@ -134,25 +136,13 @@ pub fn attach_with_dtype(
             b: b.as_tensor().clone(),
             scale: spec.scale(),
         });
-        params.push((format!("{name}.lora_A.weight"), a));
-        params.push((format!("{name}.lora_B.weight"), b));
+        params.push((lora_tensor_name(&name, LoraPart::A), a));
+        params.push((lora_tensor_name(&name, LoraPart::B), b));
     }
     if params.is_empty() {
         return Err(LoraError::NoTargets);
     }
     Ok(params)
-}
-
-/// `W + scale * B A`, in W's dtype (computed in f32 at least).
-pub fn merged_weight(
-    weight: &Tensor,
-    a: &Tensor,
-    b: &Tensor,
-    scale: f64,
-) -> candle_core::Result<Tensor> {
-    let wide = crate::model::ops::at_least_f32(weight.dtype());
-    let delta = (b.to_dtype(wide)?.matmul(&a.to_dtype(wide)?)? * scale)?;
-    (weight.to_dtype(wide)? + delta)?.to_dtype(weight.dtype())
 }
 
 /// The checkpoint's tensors with every adapter of `params` (named as [`attach`] names them)
@@ -165,11 +155,11 @@ pub fn merged_tensors(
     let mut tensors: BTreeMap<String, Tensor> = model.named_tensors().into_iter().collect();
     let by_name: BTreeMap<&str, &Var> = params.iter().map(|(n, v)| (n.as_str(), v)).collect();
     for (name, a) in &by_name {
-        let Some(layer) = name.strip_suffix(".lora_A.weight") else {
+        let Some((layer, LoraPart::A)) = parse_lora_tensor_name(name) else {
             continue;
         };
         let b = by_name
-            .get(format!("{layer}.lora_B.weight").as_str())
+            .get(lora_tensor_name(layer, LoraPart::B).as_str())
             .ok_or_else(|| LoraError::File {
                 path: layer.to_string(),
                 message: "lora_A without lora_B".into(),
@@ -225,48 +215,14 @@ pub fn read_adapter(
     dir: &Path,
     device: &Device,
 ) -> Result<(LoraSpec, BTreeMap<String, Tensor>), LoraError> {
-    let config_path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&config_path).map_err(|e| LoraError::File {
-        path: config_path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let bad = |message: String| LoraError::File {
-        path: config_path.display().to_string(),
-        message,
+    let adapter = PeftAdapter::open(dir)?;
+    let tensors = adapter.tensors(device)?;
+    let spec = LoraSpec {
+        rank: adapter.rank,
+        alpha: adapter.alpha,
+        targets: adapter.targets,
     };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let rank = json["r"]
-        .as_u64()
-        .ok_or_else(|| bad("no integer `r`".into()))? as usize;
-    let alpha = json["lora_alpha"]
-        .as_f64()
-        .ok_or_else(|| bad("no number `lora_alpha`".into()))?;
-    let targets: Vec<String> = match &json["target_modules"] {
-        serde_json::Value::Array(a) => a
-            .iter()
-            .filter_map(|t| t.as_str().map(String::from))
-            .collect(),
-        serde_json::Value::String(s) => vec![s.clone()],
-        _ => return Err(bad("no `target_modules` list".into())),
-    };
-    let weights_path = dir.join(ADAPTER_WEIGHTS);
-    let loaded =
-        candle_core::safetensors::load(&weights_path, device).map_err(|e| LoraError::File {
-            path: weights_path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    let tensors = loaded
-        .into_iter()
-        .map(|(k, t)| (k.strip_prefix(PEFT_PREFIX).unwrap_or(&k).to_string(), t))
-        .collect();
-    Ok((
-        LoraSpec {
-            rank,
-            alpha,
-            targets,
-        },
-        tensors,
-    ))
+    Ok((spec, tensors))
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use candle_core::{Tensor, Var};
 
 use super::lora::{self, LoraSpec, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::data::{write_dir_atomically, DataError};
-use crate::model::{gguf_file, save_safetensors, GgufModel, ModelError};
+use crate::model::{
+    gguf_file, is_adapter_dir, save_safetensors, GgufModel, ModelError, PeftAdapter,
+};
 
 /// Shard size past which weights are split, as `save_pretrained`'s default (5 GB).
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
@@ -41,6 +43,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelWriteError + '_ {
 /// generation config and the like), by name with their contents. A GGUF model has them in its
 /// metadata: they are written out as a Hugging Face folder has them.
 fn companion_files(src: &Path) -> Result<Vec<(String, Vec<u8>)>, ModelWriteError> {
+    // An adapter folder has its base's config; its tokenizer is the base's too.
+    if is_adapter_dir(src) {
+        return companion_files(&PeftAdapter::open(src)?.base_dir()?);
+    }
     if let Some(file) = gguf_file(src)? {
         let files = GgufModel::open(&file)?.hf_files()?;
         return Ok(files

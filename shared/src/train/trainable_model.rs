@@ -158,14 +158,14 @@ impl TrainableModel {
                 let by_name: HashMap<&str, &Var> =
                     self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
                 for (name, linear) in model.linear_layers_mut(&spec.targets) {
-                    let get = |part: &str| -> Result<Tensor, TrainableModelError> {
-                        let key = format!("{name}.{part}.weight");
+                    let get = |part| -> Result<Tensor, TrainableModelError> {
+                        let key = lora::lora_tensor_name(&name, part);
                         let var = by_name.get(key.as_str()).ok_or_else(|| {
                             TrainableModelError::State(format!("no adapter parameter {key}"))
                         })?;
                         Ok(var.as_tensor().to_dtype(self.compute)?)
                     };
-                    let (a, b) = (get("lora_A")?, get("lora_B")?);
+                    let (a, b) = (get(lora::LoraPart::A)?, get(lora::LoraPart::B)?);
                     if let Some(adapter) = linear.lora.as_mut() {
                         adapter.a = a;
                         adapter.b = b;
