@@ -595,12 +595,19 @@ fn length_limits_cut_the_sequences_as_the_official_trainer() {
     assert_eq!(full_tokens.len(), cut_tokens.len());
     // Steps of 2 prompts x 2 selected samples, each response at most 12 - 8 tokens.
     for (f, c) in full_tokens.iter().zip(&cut_tokens) {
-        assert!(c <= f && *c <= 2 * 2 * 4, "{cut_tokens:?} vs {full_tokens:?}");
+        assert!(
+            c <= f && *c <= 2 * 2 * 4,
+            "{cut_tokens:?} vs {full_tokens:?}"
+        );
     }
     let sum = |t: &[u64]| t.iter().sum::<u64>();
     assert!(sum(&cut_tokens) < sum(&full_tokens));
 
-    let err = fails(&sc, "train-step", &with(full.clone(), &["--max-length", "12"]));
+    let err = fails(
+        &sc,
+        "train-step",
+        &with(full.clone(), &["--max-length", "12"]),
+    );
     assert!(err.contains("--max-prompt-length"), "{err}");
     let err = fails(
         &sc,

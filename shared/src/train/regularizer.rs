@@ -433,6 +433,59 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_official_terms_and_the_forward_kl_norm() {
+        let r: Regularizer = "chisqsm1=0.1".parse().unwrap();
+        assert_eq!(
+            r,
+            Regularizer::new(Term::Chisqsm1 { clip: DEFAULT_CLIP }, 0.1)
+        );
+        let r: Regularizer = "entropy=0.01".parse().unwrap();
+        assert_eq!(r, Regularizer::new(Term::Entropy, 0.01));
+        let r: Regularizer = "reverseklnoent=0.5".parse().unwrap();
+        assert_eq!(r, Regularizer::new(Term::ReverseKlNoEnt, 0.5));
+        let padded = Term::ForwardKl {
+            norm: ForwardKlNorm::Padded,
+        };
+        let r: Regularizer = "forward_kl=0.1,norm=padded".parse().unwrap();
+        assert_eq!(r, Regularizer::new(padded, 0.1));
+        for spec in [
+            "chisqsm1=0.1,clip=5",
+            "forward_kl=0.1,norm=padded",
+            "entropy=2",
+        ] {
+            assert_eq!(spec.parse::<Regularizer>().unwrap().to_string(), spec);
+        }
+        let err = |s: &str| s.parse::<Regularizer>().unwrap_err();
+        assert!(matches!(
+            err("entropy=0.1,norm=padded"),
+            RegularizerError::UnexpectedNorm { .. }
+        ));
+        assert!(matches!(
+            err("forward_kl=0.1,norm=mean"),
+            RegularizerError::BadNorm { .. }
+        ));
+        assert!(matches!(
+            err("entropy=0.1,clip=3"),
+            RegularizerError::UnexpectedClip { .. }
+        ));
+        // JSON: the default norm is left out, so earlier fingerprints stay as they were.
+        let tokens = Regularizer::new(
+            Term::ForwardKl {
+                norm: ForwardKlNorm::Tokens,
+            },
+            0.1,
+        );
+        assert_eq!(
+            serde_json::to_string(&tokens).unwrap(),
+            r#"{"kind":"forward_kl","coef":0.1}"#
+        );
+        let json = serde_json::to_string(&Regularizer::new(padded, 0.1)).unwrap();
+        assert_eq!(json, r#"{"kind":"forward_kl","norm":"padded","coef":0.1}"#);
+        let back: Regularizer = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.term, padded);
+    }
+
+    #[test]
     fn display_round_trips() {
         for spec in [
             "forward_kl_is=0.1,clip=10",
