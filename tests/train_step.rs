@@ -571,6 +571,53 @@ fn inputs_that_do_not_belong_together_are_refused() {
     assert!(!out.exists() || !out.join("model").exists());
 }
 
+/// `--max-length`/`--max-prompt-length` cut the prompt from the left and the responses from the
+/// right as the official trainer (the rule itself is checked against its transcription in
+/// train::truncation); the run trains on fewer tokens, and the limits go together.
+#[test]
+fn length_limits_cut_the_sequences_as_the_official_trainer() {
+    let sc = Scratch::new("train-step-truncation");
+    let inputs = make_inputs(&sc);
+    let (full_out, cut_out) = (sc.path("full"), sc.path("cut"));
+    let full = with(leak(&inputs, &full_out), TRAINING);
+    ok(&sc, "train-step", &full);
+    let limits = ["--max-length", "12", "--max-prompt-length", "8"];
+    let cut = with(with(leak(&inputs, &cut_out), TRAINING), &limits);
+    let log = ok(&sc, "train-step", &cut);
+    assert!(
+        log.contains("--max-length 12 --max-prompt-length 8: cut the prompt of"),
+        "{log}"
+    );
+    let tokens = |out: &Path| -> Vec<u64> {
+        let (_, rows) = read_rows::<TrainLogRow>(&out.join("train_log.parquet")).unwrap();
+        rows.iter().map(|r| r.tokens).collect()
+    };
+    let (full_tokens, cut_tokens) = (tokens(&full_out), tokens(&cut_out));
+    assert_eq!(full_tokens.len(), cut_tokens.len());
+    // Steps of 2 prompts x 2 selected samples, each response at most 12 - 8 tokens.
+    for (f, c) in full_tokens.iter().zip(&cut_tokens) {
+        assert!(
+            c <= f && *c <= 2 * 2 * 4,
+            "{cut_tokens:?} vs {full_tokens:?}"
+        );
+    }
+    let sum = |t: &[u64]| t.iter().sum::<u64>();
+    assert!(sum(&cut_tokens) < sum(&full_tokens));
+
+    let err = fails(
+        &sc,
+        "train-step",
+        &with(full.clone(), &["--max-length", "12"]),
+    );
+    assert!(err.contains("--max-prompt-length"), "{err}");
+    let err = fails(
+        &sc,
+        "train-step",
+        &with(full, &["--max-length", "12", "--max-prompt-length", "12"]),
+    );
+    assert!(err.contains("less than --max-length 12"), "{err}");
+}
+
 #[test]
 fn a_non_finite_loss_stops_before_any_checkpoint() {
     let sc = Scratch::new("train-step-nan");

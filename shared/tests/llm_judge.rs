@@ -92,6 +92,7 @@ fn probabilities_are_the_verdict_softmax_of_the_models_logits() {
             prompt_id: "q",
             sample_idx: i as u32,
             messages: &messages,
+            prompt_text: "",
             response: r,
             reference: None,
             constraints: None,

@@ -379,3 +379,69 @@ fn limits_too_small_for_the_template_are_an_error() {
     };
     assert!(err.to_string().contains("--source-max-length 1"), "{err}");
 }
+
+/// `--pairrm-source`: the default reads the last user turn, `chat-template` the samples'
+/// prompt_text; each gives the fixture's p for the source it reads (llm-blender's values).
+#[test]
+fn the_source_is_the_last_user_turn_or_the_chat_templated_prompt() {
+    use rspo::data::Message;
+    use rspo::judge::{JudgeItem, PairRmJudge, PairRmSource, PairwiseJudge};
+    let e = expected();
+    let case = &e["cases"][0];
+    let (src, a, b) = (
+        s(&case["source"]),
+        s(&case["candidate_a"]),
+        s(&case["candidate_b"]),
+    );
+    let expected_p = case["p_a_beats_b"].as_f64().unwrap();
+    let judge = |source| {
+        let model = PairRm::load_with(&fixture_dir(), &Device::Cpu, &options(&e)).unwrap();
+        PairRmJudge::new(
+            model,
+            PairRmMode::Pairwise,
+            source,
+            "pairrm".into(),
+            "d".into(),
+        )
+    };
+    let (by_turn, by_template) = (
+        judge(PairRmSource::LastUserTurn),
+        judge(PairRmSource::ChatTemplate),
+    );
+    let turn_messages = [Message::user(src)];
+    let other_messages = [Message::user("Something else entirely?")];
+    let item = |messages, prompt_text, response| JudgeItem {
+        prompt_id: "q",
+        sample_idx: 0,
+        messages,
+        prompt_text,
+        response,
+        reference: None,
+        constraints: None,
+    };
+    // The source in the user turn, a different prompt_text: the default reads the turn.
+    let p = by_turn
+        .compare(
+            &item(&turn_messages, "<s>[INST] x [/INST]", a),
+            &item(&turn_messages, "<s>[INST] x [/INST]", b),
+        )
+        .unwrap()
+        .p;
+    assert!((p - expected_p).abs() < PROB_TOL, "{p} vs {expected_p}");
+    // The source as prompt_text, a different user turn: chat-template reads prompt_text.
+    let p = by_template
+        .compare(
+            &item(&other_messages, src, a),
+            &item(&other_messages, src, b),
+        )
+        .unwrap()
+        .p;
+    assert!((p - expected_p).abs() < PROB_TOL, "{p} vs {expected_p}");
+    // Different sources, different cache keys.
+    assert_ne!(by_turn.digest(), by_template.digest());
+    let err = by_template
+        .compare(&item(&other_messages, "", a), &item(&other_messages, "", b))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--pairrm-source chat-template"), "{err}");
+}

@@ -1,4 +1,6 @@
-//! Diversity of each prompt's K samples: self-BLEU-3 (lower is more diverse) and distinct-n.
+//! Diversity of each prompt's K samples: self-BLEU-3 (lower is more diverse) and distinct-n,
+//! over the tokens of [`Tokens`]: lowercased regex words (the default) or, as the RSPO paper,
+//! NLTK's word tokens with case kept.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -7,6 +9,37 @@ use regex::Regex;
 use thiserror::Error;
 
 use super::bleu::sentence_bleu;
+use super::treebank::{treebank_tokenize, TreebankError};
+
+/// How responses are cut into tokens for self-BLEU and distinct-n.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tokens {
+    /// [`tokenize`]: `\w+|[^\w\s]` on lowercased text.
+    #[default]
+    Words,
+    /// [`treebank_tokenize`]: NLTK's word tokenizer, case kept, as the paper's self-BLEU.
+    Treebank,
+}
+
+impl std::str::FromStr for Tokens {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "words" => Ok(Tokens::Words),
+            "treebank" => Ok(Tokens::Treebank),
+            other => Err(format!("{other:?}, expected words or treebank")),
+        }
+    }
+}
+
+impl Tokens {
+    pub fn tokenize(&self, text: &str) -> Result<Vec<String>, DiversityError> {
+        match self {
+            Tokens::Words => Ok(tokenize(text)),
+            Tokens::Treebank => Ok(treebank_tokenize(text)?),
+        }
+    }
+}
 
 /// The reference tokenizer is Python's `re.findall(r"\w+|[^\w\s]", text.lower())`. Python's `\w`
 /// is "alphanumeric or underscore" (letters L*, numbers N*, `_`); Rust's `\w` differs outside
@@ -33,6 +66,8 @@ pub enum DiversityError {
     TooFewSamples { prompt: usize, samples: usize },
     #[error("distinct-n needs n >= 1, found n = 0")]
     ZeroNgramOrder,
+    #[error(transparent)]
+    Treebank(#[from] TreebankError),
 }
 
 /// Mean over prompts of the per-prompt metrics.
@@ -68,13 +103,26 @@ where
     G: AsRef<[S]>,
     S: AsRef<str>,
 {
+    diversity_with(groups, Tokens::Words)
+}
+
+/// [`diversity`] over the tokens of `tokens`.
+pub fn diversity_with<G, S>(groups: &[G], tokens: Tokens) -> Result<Diversity, DiversityError>
+where
+    G: AsRef<[S]>,
+    S: AsRef<str>,
+{
+    let tokenizer = tokens;
     if groups.is_empty() {
         return Err(DiversityError::NoPrompts);
     }
     let (mut self_bleu, mut distinct_1, mut distinct_2) = (0.0, 0.0, 0.0);
     for (prompt, group) in groups.iter().enumerate() {
         let texts = group.as_ref();
-        let tokens: Vec<Vec<String>> = texts.iter().map(|t| tokenize(t.as_ref())).collect();
+        let tokens = texts
+            .iter()
+            .map(|t| tokenizer.tokenize(t.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         self_bleu += self_bleu3_of_tokens(&tokens).ok_or(DiversityError::TooFewSamples {
             prompt,
             samples: texts.len(),
@@ -193,6 +241,29 @@ mod tests {
         assert_eq!(distinct_n(&f.groups[0].texts, 2).unwrap(), 17.0 / 20.0);
         // Group 2, "same text here" three times: 2 unique of 6.
         assert_eq!(distinct_n(&f.groups[2].texts, 2).unwrap(), 2.0 / 6.0);
+    }
+
+    /// The paper's self-BLEU: 16 samples per prompt, NLTK word tokens with case kept, NLTK's
+    /// sentence_bleu with method 1 (tests/fixtures/official-terms/make_selfbleu.py).
+    #[test]
+    fn treebank_self_bleu_matches_the_official_evaluation() {
+        let groups = crate::eval::treebank::tests::fixture().groups;
+        assert_eq!(groups.len(), 3);
+        for g in &groups {
+            assert_eq!(g.texts.len(), 16);
+            let d = diversity_with(&[&g.texts], Tokens::Treebank).unwrap();
+            assert!(
+                (d.self_bleu3 - g.self_bleu3).abs() < 1e-12,
+                "{} vs {}",
+                d.self_bleu3,
+                g.self_bleu3
+            );
+            // The default tokenization lowercases and splits differently: another number.
+            let words = diversity(&[&g.texts]).unwrap();
+            assert!((words.self_bleu3 - g.self_bleu3).abs() > 1e-6);
+        }
+        assert_eq!("treebank".parse::<Tokens>(), Ok(Tokens::Treebank));
+        assert!("nltk".parse::<Tokens>().is_err());
     }
 
     #[test]

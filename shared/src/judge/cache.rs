@@ -204,6 +204,7 @@ mod tests {
             prompt_id: "q",
             sample_idx: 0,
             messages,
+            prompt_text: "",
             response,
             reference: Some("ref"),
             constraints: None,

@@ -321,6 +321,7 @@ mod tests {
                 prompt_id: id,
                 sample_idx: i as u32,
                 messages,
+                prompt_text: "",
                 response,
                 reference: None,
                 constraints: None,

@@ -118,6 +118,7 @@ mod tests {
             prompt_id: "p7",
             sample_idx: 2,
             messages,
+            prompt_text: "",
             response,
             reference: None,
             constraints,

@@ -48,7 +48,7 @@ pub use llm_prompt::{
 };
 pub use pairrm::{
     random_pairrm_weights, LogitMatrix, PairRm, PairRmConfig, PairRmError, PairRmMode,
-    PairRmOptions, PairRmVerdict,
+    PairRmOptions, PairRmSource, PairRmVerdict,
 };
 pub use pairrm_deberta::{log_bucket_position, DebertaV2Config, DebertaV2Encoder};
 pub use pairrm_inputs::{PairInput, PairRmLengths, PairTokenizer, PrefixIds};

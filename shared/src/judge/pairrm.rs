@@ -465,6 +465,39 @@ impl std::fmt::Display for PairRmMode {
     }
 }
 
+/// What PairRM reads as the source (instruction) of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PairRmSource {
+    /// The conversation's last user turn, as PairRM's model card uses it.
+    #[default]
+    LastUserTurn,
+    /// The prompt after the policy's chat template (the samples' `prompt_text`), as the
+    /// official SPPO/RSPO pipeline's `scripts/rank.py` passes it.
+    ChatTemplate,
+}
+
+impl FromStr for PairRmSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "last-user-turn" => Ok(PairRmSource::LastUserTurn),
+            "chat-template" => Ok(PairRmSource::ChatTemplate),
+            other => Err(format!(
+                "{other:?}, expected last-user-turn or chat-template"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PairRmSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PairRmSource::LastUserTurn => "last-user-turn",
+            PairRmSource::ChatTemplate => "chat-template",
+        })
+    }
+}
+
 /// PairRM's verdict on samples i < j: `p` = P(y_i beats y_j) in the chosen mode, and each
 /// order's own verdict, so position bias stays visible.
 #[derive(Debug, Clone, Copy, PartialEq)]

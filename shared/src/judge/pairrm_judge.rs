@@ -1,10 +1,12 @@
 //! PairRM as a pairwise judge for `score` and `evaluate`: the source is the prompt's last user
-//! turn ([`JudgeItem::last_user_turn`]), the candidates are the responses.
+//! turn ([`JudgeItem::last_user_turn`], the default) or, with `--pairrm-source chat-template`,
+//! the chat-templated prompt ([`JudgeItem::prompt_text`], as the official SPPO/RSPO pipeline);
+//! the candidates are the responses.
 
 use serde_json::{json, Value};
 
 use super::judge_model::JudgeModel;
-use super::pairrm::{LogitMatrix, PairRm, PairRmMode, PairRmOptions};
+use super::pairrm::{LogitMatrix, PairRm, PairRmMode, PairRmOptions, PairRmSource};
 use super::pairrm_inputs::PairRmLengths;
 use super::registry::JudgeSpec;
 use super::registry::ScoreSettings;
@@ -13,25 +15,50 @@ use super::traits::{Judge, JudgeError, JudgeItem, PairVerdict, PairwiseJudge};
 pub struct PairRmJudge {
     model: PairRm,
     mode: PairRmMode,
+    source: PairRmSource,
     name: String,
     digest: String,
 }
 
 impl PairRmJudge {
-    /// `digest` is the model's; the mode and lengths are folded in here.
-    pub fn new(model: PairRm, mode: PairRmMode, name: String, model_digest: String) -> Self {
+    /// `digest` is the model's; the mode, source and lengths are folded in here.
+    pub fn new(
+        model: PairRm,
+        mode: PairRmMode,
+        source: PairRmSource,
+        name: String,
+        model_digest: String,
+    ) -> Self {
         let lengths = model.lengths();
-        let settings = json!({
+        let mut settings = json!({
             "mode": mode.to_string(),
             "source_max_length": lengths.source_max_length,
             "candidate_max_length": lengths.candidate_max_length,
         });
+        // The default source adds nothing, so earlier judgments stay cached.
+        if source != PairRmSource::default() {
+            settings["source"] = json!(source.to_string());
+        }
         let digest = super::judge_digest("pairrm", Some(&model_digest), &settings);
         PairRmJudge {
             model,
             mode,
+            source,
             name,
             digest,
+        }
+    }
+
+    /// The source text PairRM reads for `item`'s prompt.
+    fn source<'a>(&self, item: &JudgeItem<'a>) -> Result<&'a str, JudgeError> {
+        match self.source {
+            PairRmSource::LastUserTurn => Ok(item.last_user_turn()),
+            PairRmSource::ChatTemplate if item.prompt_text.is_empty() => Err(self.error(
+                item,
+                "--pairrm-source chat-template: the sample has no prompt_text (the \
+                 chat-templated prompt); use last-user-turn",
+            )),
+            PairRmSource::ChatTemplate => Ok(item.prompt_text),
         }
     }
 
@@ -79,7 +106,7 @@ impl PairwiseJudge for PairRmJudge {
     fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError> {
         let m = self
             .model
-            .logit_matrix(a.last_user_turn(), &[a.response, b.response])
+            .logit_matrix(self.source(a)?, &[a.response, b.response])
             .map_err(|e| self.error(a, e))?;
         Ok(verdicts(&m, PairRmMode::Pairwise)[0])
     }
@@ -91,7 +118,7 @@ impl PairwiseJudge for PairRmJudge {
         let responses: Vec<&str> = items.iter().map(|it| it.response).collect();
         let m = self
             .model
-            .logit_matrix(first.last_user_turn(), &responses)
+            .logit_matrix(self.source(first)?, &responses)
             .map_err(|e| self.error(first, e))?;
         Ok(verdicts(&m, self.mode))
     }
@@ -106,20 +133,29 @@ pub(super) fn build(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
         .pairrm_mode
         .parse()
         .map_err(|e| anyhow::anyhow!("--pairrm-mode {e}"))?;
+    let source: PairRmSource = s
+        .judging
+        .pairrm_source
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--pairrm-source {e}"))?;
     let model = JudgeModel::resolve(s)?;
     let lengths = PairRmLengths {
         source_max_length: s.judging.source_max_length,
         candidate_max_length: s.judging.candidate_max_length,
     };
     let batch_size = s.batch_size;
+    let mut content = json!({
+        "judge": "pairrm",
+        "mode": mode.to_string(),
+        "source_max_length": s.judging.source_max_length,
+        "candidate_max_length": s.judging.candidate_max_length,
+        "dtype": model.dtype_name(),
+    });
+    if source != PairRmSource::default() {
+        content["source"] = json!(source.to_string());
+    }
     Ok(JudgeSpec {
-        content: json!({
-            "judge": "pairrm",
-            "mode": mode.to_string(),
-            "source_max_length": s.judging.source_max_length,
-            "candidate_max_length": s.judging.candidate_max_length,
-            "dtype": model.dtype_name(),
-        }),
+        content,
         models: vec![("judge", model.reference.clone())],
         constraint_outcomes: false,
         load: Box::new(move || {
@@ -133,7 +169,7 @@ pub(super) fn build(s: &ScoreSettings) -> anyhow::Result<JudgeSpec> {
             let name = format!("pairrm:{}", model.name());
             let digest = model.reference.digest.clone();
             Ok(Judge::Pairwise(Box::new(PairRmJudge::new(
-                pairrm, mode, name, digest,
+                pairrm, mode, source, name, digest,
             ))))
         }),
     })

@@ -172,6 +172,7 @@ mod tests {
                 prompt_id: "q",
                 sample_idx: i as u32,
                 messages,
+                prompt_text: "",
                 response: r,
                 reference,
                 constraints: None,

@@ -31,6 +31,12 @@ pub struct JudgeSettings {
     /// logit differences, as SPPO's pipeline did).
     #[arg(long, default_value = "pairwise")]
     pub pairrm_mode: String,
+    /// pairrm: the source (instruction) PairRM reads: last-user-turn (the default: the
+    /// conversation's last user turn, PairRM's model-card usage) or chat-template (the prompt
+    /// after the policy's chat template, the samples' prompt_text, as the official SPPO/RSPO
+    /// pipeline's rank.py passes it).
+    #[arg(long, default_value = "last-user-turn")]
+    pub pairrm_source: String,
     /// pairrm: token limit of the source (the prompt); PairRM-hf's default.
     #[arg(long, default_value_t = 1224)]
     pub source_max_length: usize,

@@ -18,6 +18,9 @@ pub struct JudgeItem<'a> {
     pub sample_idx: u32,
     /// The prompt conversation before any chat template.
     pub messages: &'a [Message],
+    /// The prompt after the policy's chat template, as the policy saw it (the samples'
+    /// `prompt_text`); empty where there is none.
+    pub prompt_text: &'a str,
     pub response: &'a str,
     /// The prompt's reference answer, for judges that compare against one.
     pub reference: Option<&'a str>,
@@ -277,6 +280,7 @@ mod tests {
             prompt_id: "q",
             sample_idx: 0,
             messages: &m,
+            prompt_text: "",
             response,
             reference: None,
             constraints: None,

@@ -18,7 +18,7 @@ use crate::data::{
     DigestCache, EvalRow, FileKind, FileMeta, FinishReason, LogprobRow, PromptOptions, PromptRow,
     SampleRow,
 };
-use crate::eval::{char_length, diversity, lc_winrate};
+use crate::eval::{char_length, diversity_with, lc_winrate, Tokens};
 use crate::judge::{find_judge, Judge, JudgeItem, JudgeSpec};
 use crate::model::{model_ref, resolve_model};
 
@@ -57,6 +57,11 @@ pub struct EvaluateSettings {
     /// pi_ref for the log-ratio (KL) estimate [default: the first of --models].
     #[arg(long, value_name = "DIR_OR_HUB_ID")]
     pub reference_model: Option<String>,
+    /// Tokens of self-BLEU and distinct-n: words (the default: `\w+|[^\w\s]` on lowercased
+    /// text) or treebank (NLTK's word tokenizer, case kept, as the RSPO paper's evaluation; the
+    /// paper's self-BLEU also takes --k 16 --max-new-tokens 200).
+    #[arg(long, default_value = "words")]
+    pub diversity_tokens: String,
 }
 
 impl Default for EvaluateSettings {
@@ -180,6 +185,10 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
     if let Some(r) = &s.reference_model {
         generate::open_checkpoint(r).with_context(|| format!("--reference-model {r}"))?;
     }
+    let tokens: Tokens = s
+        .diversity_tokens
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--diversity-tokens {e}"))?;
 
     let names = unique_names(job.models);
     let mut files = Vec::new();
@@ -211,7 +220,7 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         let logratio = mean_logratio_ref(job, &gen, [spec, &reference], name, file)?;
         eprintln!("evaluate: judging {name} against the baseline");
         let judged = judge_against_baseline(&judge, &baseline, name, &rows)?;
-        summaries.push(summarize(name, spec, &rows, &judged, logratio)?);
+        summaries.push(summarize(name, spec, &rows, &judged, logratio, tokens)?);
         eval_rows.extend(judged);
     }
     write_rows(&output.path, &output.meta, &eval_rows)?;
@@ -354,8 +363,13 @@ impl RunFingerprint {
         if let Some(f) = &baseline.file {
             inputs.push(read_meta(f)?.fingerprint);
         }
+        // The default tokenization leaves the fingerprints of earlier runs as they were.
+        let mut not_content = vec!["batch_size", "device"];
+        if job.settings.diversity_tokens == "words" {
+            not_content.push("diversity_tokens");
+        }
         let config = json!({
-            "settings": content_config(job.settings, &["batch_size", "device"])?,
+            "settings": content_config(job.settings, &not_content)?,
             "models": job.models,
             "prompts": job.prompts.display().to_string(),
         });
@@ -440,6 +454,7 @@ fn judge_against_baseline(
             prompt_id: &r.prompt_id,
             sample_idx: r.sample_idx,
             messages: &r.messages,
+            prompt_text: &r.prompt_text,
             response: &r.response,
             reference: prompt.and_then(|p| p.reference.as_deref()),
             constraints: prompt.and_then(|p| p.constraints.as_deref()),
@@ -470,6 +485,7 @@ fn summarize(
     rows: &[SampleRow],
     judged: &[EvalRow],
     mean_logratio_ref: f64,
+    tokens: Tokens,
 ) -> Result<ModelSummary> {
     let p_win: Vec<f64> = judged.iter().map(|r| r.p_win).collect();
     let len_model: Vec<f64> = judged
@@ -497,7 +513,7 @@ fn summarize(
             g.push(&r.response);
         }
     }
-    let div = diversity(&groups)?;
+    let div = diversity_with(&groups, tokens)?;
     let eos = rows
         .iter()
         .filter(|r| r.finish_reason == FinishReason::Eos)

@@ -32,7 +32,7 @@ use crate::train::{
     build_examples, clip_grad_norm, parse_regularizers, plan_steps, step_gradients,
     write_adapter_dir, write_model_dir, AdamWConfig, Example, ExampleInputs, LinearSchedule,
     LoraSpec, LossSpec, Optimizer, OptimizerKind, Regularizer, RmsPropConfig, Selection, StepPlan,
-    TrainableModel,
+    TrainableModel, Truncation,
 };
 
 /// The stage name in metadata and fingerprints.
@@ -82,7 +82,9 @@ pub struct TrainStepSettings {
     #[arg(long)]
     pub preset: Option<String>,
     /// A regularizer `KIND=COEF[,clip=C]`, added to the preset's (repeat the flag for more).
-    /// Kinds: reverse_kl, forward_kl (needs --reference-samples), forward_kl_is, chi2.
+    /// Kinds: reverse_kl, forward_kl (needs --reference-samples; `,norm=padded` divides by the
+    /// official B x (T-1) instead of the token count), forward_kl_is, chi2, and the official
+    /// code's chisqsm1, entropy, reverseklnoent.
     #[arg(long = "term", value_name = "KIND=COEF[,clip=C]")]
     pub terms: Vec<String>,
     /// Self-play temperature; eta = 1 / beta.
@@ -91,6 +93,15 @@ pub struct TrainStepSettings {
     /// best_worst (the best and worst sample of each prompt, as SPPO) or all.
     #[arg(long, default_value = "best_worst")]
     pub selection: Selection,
+    /// Cut prompt + response to this many tokens as the official trainer does (needs
+    /// --max-prompt-length): when the prompt and the longest selected response exceed it, the
+    /// prompt keeps its last --max-prompt-length tokens; if still too long, each response keeps
+    /// its first max-length - max-prompt-length tokens [default: no limit].
+    #[arg(long, value_name = "TOKENS", requires = "max_prompt_length")]
+    pub max_length: Option<usize>,
+    /// The prompt's share of --max-length (the paper: 1024 and 512).
+    #[arg(long, value_name = "TOKENS", requires = "max_length")]
+    pub max_prompt_length: Option<usize>,
     /// adamw or rmsprop.
     #[arg(long, default_value = "rmsprop")]
     pub optimizer: String,
@@ -171,9 +182,22 @@ pub struct TrainContent {
     pub lora: Option<LoraSpec>,
     pub merge: bool,
     pub dtype: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncation: Option<Truncation>,
 }
 
 impl TrainStepSettings {
+    /// `--max-length` and `--max-prompt-length`, both or neither.
+    pub fn truncation(&self) -> Result<Option<Truncation>> {
+        match (self.max_length, self.max_prompt_length) {
+            (None, None) => Ok(None),
+            (Some(max_length), Some(max_prompt_length)) => {
+                Ok(Some(Truncation::new(max_length, max_prompt_length)?))
+            }
+            _ => bail!("--max-length and --max-prompt-length go together: give both or neither"),
+        }
+    }
+
     /// The loss: beta and the regularizers, the preset's then `terms`.
     pub fn loss_spec(&self) -> Result<LossSpec> {
         let mut regularizers = match &self.preset {
@@ -243,6 +267,7 @@ impl TrainStepSettings {
             self.max_grad_norm
         );
         ensure!(self.state_every >= 1, "--state-every must be at least 1");
+        self.truncation()?;
         if let Some(spec) = self.lora() {
             spec.validate()?;
         } else {
@@ -267,6 +292,7 @@ impl TrainStepSettings {
             lora: self.lora(),
             merge: self.merge,
             dtype: format!("{dtype:?}").to_lowercase(),
+            truncation: self.truncation().ok().flatten(),
         }
     }
 }
@@ -313,7 +339,7 @@ pub fn train_step(job: &TrainStepJob) -> Result<Outcome> {
         state.remove()?;
     }
 
-    let examples = inputs.examples(job, s.selection)?;
+    let examples = inputs.examples(job, s.selection, s.truncation()?)?;
     let mut training = Training::new(job, &inputs, &spec, &examples, optimizer, dtype, &device)?;
     let log = state.resume(
         &training.trainable,
@@ -405,8 +431,14 @@ impl<'a> TrainInputs<'a> {
         )
     }
 
-    /// The training examples, each sequence checked to fit the model's context.
-    fn examples(&self, job: &TrainStepJob, selection: Selection) -> Result<Vec<Example>> {
+    /// The training examples, cut to `truncation`, each sequence checked to fit the model's
+    /// context.
+    fn examples(
+        &self,
+        job: &TrainStepJob,
+        selection: Selection,
+        truncation: Option<Truncation>,
+    ) -> Result<Vec<Example>> {
         let (samples_label, winrates_label) = (label(job.samples), label(job.winrates));
         let (policy_label, reference_label) =
             (label(job.policy_logprobs), label(job.reference_logprobs));
@@ -415,7 +447,7 @@ impl<'a> TrainInputs<'a> {
             .as_ref()
             .map(|(p, _, _)| label(p))
             .unwrap_or_default();
-        let examples = build_examples(
+        let mut examples = build_examples(
             &ExampleInputs {
                 samples: (&samples_label, &self.samples.1),
                 winrates: (&winrates_label, &self.winrates.1),
@@ -428,6 +460,22 @@ impl<'a> TrainInputs<'a> {
             },
             selection,
         )?;
+        if let Some(t) = truncation {
+            let cut = t.apply(
+                &mut examples,
+                &self.policy_logprobs.1,
+                &self.reference_logprobs.1,
+            );
+            if cut.prompts + cut.responses > 0 {
+                eprintln!(
+                    "train-step: --max-length {} --max-prompt-length {}: cut the prompt of {} and \
+                     the response of {} selected samples; a cut response's log-probs are the sum \
+                     over its kept tokens, a cut prompt's samples keep the logprobs files' values \
+                     (computed on the whole prompt)",
+                    t.max_length, t.max_prompt_length, cut.prompts, cut.responses
+                );
+            }
+        }
         check_context(&examples, self.config.max_position_embeddings)?;
         Ok(examples)
     }

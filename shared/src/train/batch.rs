@@ -461,13 +461,14 @@ pub fn step_gradients(
     }
     let seqs = step_sequences(examples, spec.needs_reference_samples())?;
     let samples = seqs.iter().filter(|s| matches!(s, Seq::Sample(_))).count();
-    let reference_tokens = seqs
+    let reference_lens: Vec<usize> = seqs
         .iter()
         .filter_map(|s| match s {
             Seq::Reference(r) => Some(r.response.len()),
             Seq::Sample(_) => None,
         })
-        .sum();
+        .collect();
+    let reference_tokens = spec.reference_divisor(&reference_lens);
     let mut loss =
         StepLoss::new(spec, samples, reference_tokens).map_err(|source| BatchError::Loss {
             micro: 1,

@@ -8,23 +8,27 @@
 //! L      = mean_s (dt_s - eta * (winrate_s - 1/2))^2  +  sum_k coef_k * T_k,      eta = 1 / beta
 //! ```
 //!
-//! with the terms T of [`Term`]: `reverse_kl`, `forward_kl_is` and `chi2` are means over the S
-//! samples of a function of dref_s; `forward_kl` is minus the mean, over the N response tokens
-//! of samples drawn from pi_ref, of their log-probs under pi_theta. Everything is computed in
+//! with the terms T of [`Term`]: `reverse_kl`, `forward_kl_is`, `chi2` and the official code's
+//! `chisqsm1`, `entropy` and `reverseklnoent` are means over the S samples of a function of
+//! log pi_theta(y_s) and log pi_ref(y_s); `forward_kl` is minus the sum, over the response tokens
+//! of samples drawn from pi_ref, of their log-probs under pi_theta, divided by N: the number of
+//! those tokens (`norm=tokens`, the default) or the official code's B x (T - 1) (`norm=padded`,
+//! [`ForwardKlNorm`]). Everything is computed in
 //! f64 (the log-probs are converted on entry): with the paper's beta = 0.001 the targets
 //! `eta * (winrate - 1/2)` reach +-500 and the self-play term is of order 1e5. Gradients flow
 //! back to the log-probs in their own dtype.
 //!
 //! A step's sequences may not fit through the model at once, so [`StepLoss`] builds L from
-//! micro-batch shares. Every term is a mean over samples (or reference tokens), so micro-batch m
-//! with S_m of the samples and N_m of the reference tokens contributes `S_m / S` times the loss
+//! micro-batch shares. Every term is a mean over samples (or a sum over reference tokens divided
+//! by the step's N), so micro-batch m with S_m of the samples and N_m of the reference tokens
+//! contributes `S_m / S` times the loss
 //! of its own samples plus `-coef * (sum of its tokens' log-probs) / N`. Back-propagating each
 //! share and summing the gradients gives exactly the gradient of L; [`rspo_loss`] is L of one
 //! batch, a single share. [`LossSpec::new`] is where beta and the regularizers are validated.
 
 use candle_core::{DType, Tensor};
 
-use super::regularizer::{check_distinct, Regularizer, RegularizerError, Term};
+use super::regularizer::{check_distinct, ForwardKlNorm, Regularizer, RegularizerError, Term};
 
 /// The loss's settings, validated: beta finite and > 0, every regularizer valid, no kind twice.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +69,22 @@ impl LossSpec {
     fn forward_kl_coef(&self) -> Option<f64> {
         self.regularizers
             .iter()
-            .find(|r| r.term == Term::ForwardKl)
+            .find(|r| r.term.needs_reference_samples())
             .map(|r| r.coef)
+    }
+
+    fn forward_kl_norm(&self) -> Option<ForwardKlNorm> {
+        self.regularizers.iter().find_map(|r| match r.term {
+            Term::ForwardKl { norm } => Some(norm),
+            _ => None,
+        })
+    }
+
+    /// N, the `forward_kl` divisor, for a step whose reference responses have these lengths
+    /// (0 without a `forward_kl` term).
+    pub fn reference_divisor(&self, response_lens: &[usize]) -> usize {
+        self.forward_kl_norm()
+            .map_or(0, |norm| norm.divisor(response_lens))
     }
 }
 
@@ -136,7 +154,8 @@ pub struct StepLoss<'a> {
     spec: &'a LossSpec,
     /// S: selected samples in the step.
     samples: usize,
-    /// N: response tokens of the step's reference samples (0 without `forward_kl`).
+    /// N: the `forward_kl` divisor, [`LossSpec::reference_divisor`] of the step's reference
+    /// samples (0 without `forward_kl`).
     reference_tokens: usize,
     self_play: f64,
     mean_logratio_t: f64,
@@ -147,8 +166,9 @@ pub struct StepLoss<'a> {
 }
 
 impl<'a> StepLoss<'a> {
-    /// A step over `samples` selected samples and `reference_tokens` response tokens of
-    /// reference samples (needed, and > 0, only with a `forward_kl` term).
+    /// A step over `samples` selected samples, dividing the `forward_kl` sum by
+    /// `reference_tokens` ([`LossSpec::reference_divisor`]; needed, and > 0, only with a
+    /// `forward_kl` term).
     pub fn new(
         spec: &'a LossSpec,
         samples: usize,
@@ -224,21 +244,27 @@ impl<'a> StepLoss<'a> {
             .sub(&Tensor::from_vec(target, s, device)?)?
             .sqr()?
             .mean_all()?;
-        let dref = logp_theta.sub(&Tensor::from_slice(batch.logp_ref, s, device)?)?;
 
+        let two_means = |t: Tensor| t.mean_all()? * 2.0;
+        let logp_ref = Tensor::from_slice(batch.logp_ref, s, device)?;
+        let dref = logp_theta.sub(&logp_ref)?;
         let mut loss = self_play.clone();
         let mut terms: Vec<(usize, f64)> = Vec::with_capacity(self.sums.len());
         for (k, r) in self.spec.regularizers.iter().enumerate() {
             let t = match r.term {
-                Term::ReverseKl => (dref.sqr()?.mean_all()? * 2.0)?,
+                Term::ReverseKl => two_means(dref.sqr()?)?,
                 // min() passes no gradient where the clip is active (candle's Minimum backward
                 // masks with `min == input`), and clipping before exp keeps exp finite.
-                Term::ForwardKlIs { clip } => {
-                    (dref.neg()?.minimum(clip)?.exp()?.mean_all()? * 2.0)?
+                Term::ForwardKlIs { clip } => two_means(dref.neg()?.minimum(clip)?.exp()?)?,
+                Term::Chi2 { clip } => two_means(dref.minimum(clip)?.exp()?)?,
+                Term::Chisqsm1 { clip } => {
+                    let ratio = dref.minimum(clip)?.exp()?;
+                    two_means(ratio.div(&(&ratio + 1.0)?)?)?
                 }
-                Term::Chi2 { clip } => (dref.minimum(clip)?.exp()?.mean_all()? * 2.0)?,
-                // A mean over reference tokens, not samples: add_reference_tokens.
-                Term::ForwardKl => continue,
+                Term::Entropy => two_means(logp_theta.sqr()?)?,
+                Term::ReverseKlNoEnt => two_means(logp_theta.mul(&logp_ref)?.neg()?)?,
+                // A sum over reference tokens, not a mean over samples: add_reference_tokens.
+                Term::ForwardKl { .. } => continue,
             };
             if r.coef != 0.0 {
                 loss = loss.add(&(&t * r.coef)?)?;
@@ -286,7 +312,7 @@ impl<'a> StepLoss<'a> {
             .spec
             .regularizers
             .iter()
-            .position(|r| r.term == Term::ForwardKl)
+            .position(|r| r.term.needs_reference_samples())
             .expect("a forward_kl term");
         self.sums[k] += value;
         if coef == 0.0 {
@@ -301,7 +327,7 @@ impl<'a> StepLoss<'a> {
         let mut terms = Vec::with_capacity(self.sums.len());
         for (r, sum) in self.spec.regularizers.iter().zip(&self.sums) {
             let t = match r.term {
-                Term::ForwardKl => -sum / self.reference_tokens as f64,
+                Term::ForwardKl { .. } => -sum / self.reference_tokens as f64,
                 _ => *sum,
             };
             if r.coef != 0.0 {
@@ -324,7 +350,8 @@ impl<'a> StepLoss<'a> {
 /// - `logp_theta`: (S,) sequence log-probs under the model being trained (differentiable).
 /// - `logp_t`, `logp_ref`, `winrates`: S values each, from the logprobs and winrates files.
 /// - `ref_token_logp_theta`: (N,) log pi_theta of every response token of the samples drawn from
-///   pi_ref; required when a `forward_kl` term is present, ignored otherwise.
+///   pi_ref; required when a `forward_kl` term is present (with `norm=tokens`: `norm=padded`
+///   needs the responses' lengths, [`StepLoss`]), ignored otherwise.
 ///
 /// A term with coefficient 0 is reported but not added to the loss. A loss that is NaN or
 /// infinite is an error whose message lists every part.
@@ -342,6 +369,12 @@ pub fn rspo_loss(
     };
     let reference_tokens = match ref_token_logp_theta {
         _ if spec.forward_kl_coef().is_none() => 0,
+        _ if spec.forward_kl_norm() == Some(ForwardKlNorm::Padded) => {
+            return Err(LossError::ReferenceTokens(
+                "forward_kl with norm=padded needs each reference response's length: use StepLoss"
+                    .into(),
+            ))
+        }
         Some(t) => match t.dims() {
             [n] if *n > 0 => *n,
             dims => return Err(LossError::ReferenceTokens(format!("shape {dims:?}"))),
@@ -373,6 +406,10 @@ mod tests {
 
     use super::*;
     use crate::train::selection::{Scored, Selection};
+
+    const FORWARD_KL: Term = Term::ForwardKl {
+        norm: ForwardKlNorm::Tokens,
+    };
 
     const ORACLE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -443,7 +480,15 @@ mod tests {
                             Term::ReverseKl => 2.0 * 2.0 / s * dref,
                             Term::ForwardKlIs { clip } if -dref < clip => -2.0 / s * (-dref).exp(),
                             Term::Chi2 { clip } if dref < clip => 2.0 / s * dref.exp(),
-                            Term::ForwardKlIs { .. } | Term::Chi2 { .. } | Term::ForwardKl => 0.0,
+                            Term::Chisqsm1 { clip } if dref < clip => {
+                                2.0 / s * dref.exp() / (1.0 + dref.exp()).powi(2)
+                            }
+                            Term::Entropy => 2.0 / s * 2.0 * logp_theta[i],
+                            Term::ReverseKlNoEnt => -2.0 / s * logp_ref[i],
+                            Term::ForwardKlIs { .. }
+                            | Term::Chi2 { .. }
+                            | Term::Chisqsm1 { .. }
+                            | Term::ForwardKl { .. } => 0.0,
                         };
                 }
                 g
@@ -573,6 +618,159 @@ mod tests {
         assert_eq!(checked, 7);
     }
 
+    #[derive(Deserialize)]
+    struct OfficialTerms {
+        sample_terms: Vec<OfficialSampleTerm>,
+        forward_kl: OfficialForwardKl,
+    }
+
+    #[derive(Deserialize)]
+    struct OfficialSampleTerm {
+        loss_type: String,
+        beta: f64,
+        term: Regularizer,
+        theta: Vec<f64>,
+        logp_t: Vec<f64>,
+        logp_ref: Vec<f64>,
+        winrate: Vec<f64>,
+        loss: f64,
+        self_play: f64,
+        reg_loss: f64,
+        grad_theta: Vec<f64>,
+    }
+
+    #[derive(Deserialize)]
+    struct OfficialForwardKl {
+        token_logp_theta: Vec<Vec<f64>>,
+        padded: OfficialValue<Vec<Vec<f64>>>,
+        tokens: OfficialValue<Vec<f64>>,
+    }
+
+    #[derive(Deserialize)]
+    struct OfficialValue<G> {
+        value: f64,
+        grad: G,
+    }
+
+    fn official_terms() -> OfficialTerms {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/official-terms/terms.json"
+        );
+        let text = std::fs::read_to_string(path).expect("read the official-terms fixture");
+        serde_json::from_str(&text).expect("parse the official-terms fixture")
+    }
+
+    /// chisqsm1, entropy and reverseklnoent against the official trainer's formulas in PyTorch
+    /// (tests/fixtures/official-terms/make_terms.py): the whole loss, the term and the gradient.
+    #[test]
+    fn matches_the_official_terms() {
+        let fixture = official_terms();
+        assert_eq!(fixture.sample_terms.len(), 4);
+        for case in &fixture.sample_terms {
+            let n = case.theta.len();
+            let var = Var::from_slice(&case.theta, n, &Device::Cpu).unwrap();
+            let parts = rspo_loss(
+                &spec(case.beta, &[case.term]),
+                var.as_tensor(),
+                &case.logp_t,
+                &case.logp_ref,
+                &case.winrate,
+                None,
+            )
+            .unwrap();
+            let loss = parts.loss.to_scalar::<f64>().unwrap();
+            let what = format!("{} ({})", case.loss_type, case.term);
+            assert!(
+                rel(loss, case.loss) < 1e-12,
+                "{what}: {loss} vs {}",
+                case.loss
+            );
+            assert!(
+                rel(parts.values.self_play, case.self_play) < 1e-12,
+                "{what}"
+            );
+            assert_eq!(parts.values.terms[0].0, case.term.term.name());
+            let term = parts.values.terms[0].1;
+            assert!(
+                rel(term, case.reg_loss) < 1e-12,
+                "{what}: {term} vs {}",
+                case.reg_loss
+            );
+            let grads = parts.loss.backward().unwrap();
+            let grad: Vec<f64> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();
+            for (g, e) in grad.iter().zip(&case.grad_theta) {
+                assert!(
+                    rel(*g, *e) < 1e-10,
+                    "{what}: {grad:?} vs {:?}",
+                    case.grad_theta
+                );
+            }
+        }
+    }
+
+    /// forward_kl's two normalizations against PyTorch: `norm=padded` is the official mean over
+    /// the padded (B, T-1) tensor, `norm=tokens` the mean over real tokens.
+    #[test]
+    fn forward_kl_norms_match_pytorch() {
+        let fixture = official_terms().forward_kl;
+        let lens: Vec<usize> = fixture.token_logp_theta.iter().map(Vec::len).collect();
+        let flat: Vec<f64> = fixture.token_logp_theta.concat();
+        let padded_grad: Vec<f64> = fixture.padded.grad.concat();
+        for (norm, expected, expected_grad) in [
+            (
+                ForwardKlNorm::Tokens,
+                &fixture.tokens.value,
+                &fixture.tokens.grad,
+            ),
+            (ForwardKlNorm::Padded, &fixture.padded.value, &padded_grad),
+        ] {
+            let coef = 0.25;
+            let spec = spec(0.1, &[Regularizer::new(Term::ForwardKl { norm }, coef)]);
+            let tokens = Var::from_slice(&flat, flat.len(), &Device::Cpu).unwrap();
+            let mut step = StepLoss::new(&spec, 1, spec.reference_divisor(&lens)).unwrap();
+            let theta = Tensor::new(&[-1.0f64], &Device::Cpu).unwrap();
+            let sample = SampleLogprobs {
+                logp_theta: &theta,
+                logp_t: &[-1.0],
+                logp_ref: &[-1.0],
+                winrates: &[0.5],
+            };
+            let share = step
+                .add(Some(&sample), Some(tokens.as_tensor()))
+                .unwrap()
+                .unwrap();
+            let grads = share.backward().unwrap();
+            let grad: Vec<f64> = grads.get(tokens.as_tensor()).unwrap().to_vec1().unwrap();
+            let values = step.finish();
+            assert_eq!(values.terms[0].0, "forward_kl");
+            assert!(
+                rel(values.terms[0].1, *expected) < 1e-12,
+                "{norm:?}: {values:?}"
+            );
+            assert!(rel(values.loss, coef * expected) < 1e-12, "{norm:?}");
+            for (g, e) in grad.iter().zip(expected_grad) {
+                assert!(rel(*g, coef * e) < 1e-12, "{norm:?}: {grad:?}");
+            }
+        }
+        // One flat tensor has no lengths: rspo_loss refuses norm=padded.
+        let padded = Term::ForwardKl {
+            norm: ForwardKlNorm::Padded,
+        };
+        let tokens = Tensor::new(flat.as_slice(), &Device::Cpu).unwrap();
+        let theta = Tensor::new(&[-1.0f64], &Device::Cpu).unwrap();
+        let err = rspo_loss(
+            &spec(0.1, &[Regularizer::new(padded, 1.0)]),
+            &theta,
+            &[-1.0],
+            &[-1.0],
+            &[0.5],
+            Some(&tokens),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("norm=padded"), "{err}");
+    }
+
     #[test]
     fn self_play_gradient_is_two_over_s_times_the_residual() {
         let logp_t = [-10.0, -20.0, -30.0];
@@ -676,7 +874,7 @@ mod tests {
     fn forward_kl_is_the_mean_negative_token_logprob() {
         let var_theta = Var::from_slice(&[-3.0f32, -4.0], 2, &Device::Cpu).unwrap();
         let tokens = Var::from_slice(&[-1.0f32, -2.0, -3.0, -4.0, -5.5], 5, &Device::Cpu).unwrap();
-        let regs = [Regularizer::new(Term::ForwardKl, 0.1)];
+        let regs = [Regularizer::new(FORWARD_KL, 0.1)];
         let parts = rspo_loss(
             &spec(0.1, &regs),
             var_theta.as_tensor(),
@@ -723,7 +921,7 @@ mod tests {
             1.0 / eta,
             &[
                 Regularizer::new(Term::ReverseKl, rkl),
-                Regularizer::new(Term::ForwardKl, fkl),
+                Regularizer::new(FORWARD_KL, fkl),
             ],
         );
         let theta_var = Var::from_slice(&theta, 3, &Device::Cpu).unwrap();

@@ -1,7 +1,8 @@
 //! Training: the RSPO loss and what a train step needs around it.
 //!
-//! - [`regularizer`]: the terms (`reverse_kl`, `forward_kl_is`, `chi2`, `forward_kl`), their
-//!   `KIND=COEF[,clip=C]` syntax and the presets `sppo` and `rspo-paper`.
+//! - [`regularizer`]: the terms (`reverse_kl`, `forward_kl_is`, `chi2`, `forward_kl`, and the
+//!   official code's `chisqsm1`, `entropy`, `reverseklnoent`), their `KIND=COEF[,clip=C]` syntax
+//!   and the presets `sppo` and `rspo-paper`.
 //! - [`selection`]: which samples enter the loss (`best_worst` or `all`).
 //! - [`loss`]: every term of the RSPO loss (DESIGN.md, "The RSPO loss"), computed in f64:
 //!   [`LossSpec`] (beta and the regularizers, validated), [`StepLoss`] (a step's loss from
@@ -12,6 +13,7 @@
 //! - [`schedule`]: linear warmup and decay as Hugging Face's `get_linear_schedule_with_warmup`.
 //! - [`batch`]: training examples (a prompt with its selected samples), the seeded step plan,
 //!   and [`step_gradients`], the loss and gradients of one optimizer step over micro-batches.
+//! - [`truncation`]: `--max-length`/`--max-prompt-length`, cut as the official trainer does.
 //! - [`trainable_model`]: the model being trained (full or LoRA), mixed precision.
 //! - [`model_writer`]: the trained model written back as a Hugging Face or PEFT directory.
 //! - [`lora`]: LoRA adapters as PEFT initialises, saves and merges them.
@@ -34,6 +36,7 @@ mod rng;
 pub mod schedule;
 pub mod selection;
 pub mod trainable_model;
+pub mod truncation;
 
 pub use adamw::AdamWConfig;
 pub use batch::{
@@ -46,9 +49,10 @@ pub use loss::{rspo_loss, LossError, LossParts, LossSpec, LossValues, SampleLogp
 pub use model_writer::{write_adapter_dir, write_model_dir, ModelWriteError};
 pub use optim::{OptimError, Optimizer, OptimizerKind};
 pub use regularizer::{
-    parse_regularizers, Preset, Regularizer, RegularizerError, Term, DEFAULT_CLIP,
+    parse_regularizers, ForwardKlNorm, Preset, Regularizer, RegularizerError, Term, DEFAULT_CLIP,
 };
 pub use rmsprop::RmsPropConfig;
 pub use schedule::{LinearSchedule, ScheduleError};
 pub use selection::{Scored, Selection, SelectionError};
 pub use trainable_model::{TrainableModel, TrainableModelError};
+pub use truncation::{Truncated, Truncation, TruncationError};

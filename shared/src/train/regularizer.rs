@@ -8,6 +8,10 @@
 //! forward_kl_is=0.1,clip=10
 //! chi2=0.1,clip=10
 //! forward_kl=0.1
+//! forward_kl=0.1,norm=padded
+//! chisqsm1=0.1,clip=10
+//! entropy=0.1
+//! reverseklnoent=0.1
 //! ```
 //!
 //! and a whole set is either a preset name (`sppo`, `rspo-paper`) or a list of such specs.
@@ -19,7 +23,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The clip applied to `forward_kl_is` and `chi2` when a spec does not name one: the paper's value.
+/// The clip applied to `forward_kl_is`, `chi2` and `chisqsm1` when a spec does not name one: the
+/// paper's value.
 pub const DEFAULT_CLIP: f64 = 10.0;
 
 /// One regularizer term `T`, as in DESIGN.md. `dref_s = log pi_theta(y_s) - log pi_ref(y_s)`.
@@ -38,8 +43,70 @@ pub enum Term {
         #[serde(default = "default_clip")]
         clip: f64,
     },
-    /// `- mean over all response tokens of samples drawn from pi_ref of log pi_theta(token)`.
-    ForwardKl,
+    /// `- sum over the response tokens of samples drawn from pi_ref of log pi_theta(token)`,
+    /// divided as `norm` says.
+    ForwardKl {
+        #[serde(default, skip_serializing_if = "ForwardKlNorm::is_tokens")]
+        norm: ForwardKlNorm,
+    },
+    /// The official `sppo_chisqsm1` (its eta 1): `2 * mean_s r_s / (1 + r_s)` with
+    /// `r_s = exp(min(dref_s, clip))`.
+    Chisqsm1 {
+        #[serde(default = "default_clip")]
+        clip: f64,
+    },
+    /// The official `sppo_entropy`: `2 * mean_s (log pi_theta(y_s))^2`.
+    Entropy,
+    /// The official `sppo_reverseklnoent`: `-2 * mean_s log pi_theta(y_s) * log pi_ref(y_s)`.
+    #[serde(rename = "reverseklnoent")]
+    ReverseKlNoEnt,
+}
+
+/// What the `forward_kl` sum of token log-probs is divided by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardKlNorm {
+    /// N, the number of response tokens of the step's reference samples: a mean over real tokens.
+    #[default]
+    Tokens,
+    /// B x (T - 1), the official code's: B reference samples in the step, T - 1 the longest
+    /// one's response tokens (the mean over the padded (B, T - 1) tensor, padding zeroed).
+    Padded,
+}
+
+impl ForwardKlNorm {
+    fn is_tokens(&self) -> bool {
+        *self == ForwardKlNorm::Tokens
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ForwardKlNorm::Tokens => "tokens",
+            ForwardKlNorm::Padded => "padded",
+        }
+    }
+
+    /// The divisor for reference responses of these lengths (in tokens).
+    pub fn divisor(&self, response_lens: &[usize]) -> usize {
+        match self {
+            ForwardKlNorm::Tokens => response_lens.iter().sum(),
+            ForwardKlNorm::Padded => {
+                response_lens.len() * response_lens.iter().copied().max().unwrap_or(0)
+            }
+        }
+    }
+}
+
+impl FromStr for ForwardKlNorm {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim() {
+            "tokens" => Ok(ForwardKlNorm::Tokens),
+            "padded" => Ok(ForwardKlNorm::Padded),
+            _ => Err(()),
+        }
+    }
 }
 
 fn default_clip() -> f64 {
@@ -53,21 +120,26 @@ impl Term {
             Term::ReverseKl => "reverse_kl",
             Term::ForwardKlIs { .. } => "forward_kl_is",
             Term::Chi2 { .. } => "chi2",
-            Term::ForwardKl => "forward_kl",
+            Term::ForwardKl { .. } => "forward_kl",
+            Term::Chisqsm1 { .. } => "chisqsm1",
+            Term::Entropy => "entropy",
+            Term::ReverseKlNoEnt => "reverseklnoent",
         }
     }
 
     /// The clip of a clipped term.
     pub fn clip(&self) -> Option<f64> {
         match self {
-            Term::ForwardKlIs { clip } | Term::Chi2 { clip } => Some(*clip),
-            Term::ReverseKl | Term::ForwardKl => None,
+            Term::ForwardKlIs { clip } | Term::Chi2 { clip } | Term::Chisqsm1 { clip } => {
+                Some(*clip)
+            }
+            Term::ReverseKl | Term::ForwardKl { .. } | Term::Entropy | Term::ReverseKlNoEnt => None,
         }
     }
 
     /// Whether the term needs the token log-probs of reference samples under pi_theta.
     pub fn needs_reference_samples(&self) -> bool {
-        matches!(self, Term::ForwardKl)
+        matches!(self, Term::ForwardKl { .. })
     }
 }
 
@@ -85,7 +157,8 @@ pub enum RegularizerError {
     #[error("regularizer `{spec}`: expected KIND=COEF[,clip=C], e.g. `forward_kl_is=0.1,clip=10`")]
     Syntax { spec: String },
     #[error(
-        "regularizer `{spec}`: unknown kind `{kind}` (expected reverse_kl, forward_kl_is, chi2 or forward_kl)"
+        "regularizer `{spec}`: unknown kind `{kind}` (expected reverse_kl, forward_kl_is, chi2, \
+         forward_kl, chisqsm1, entropy or reverseklnoent)"
     )]
     UnknownKind { spec: String, kind: String },
     #[error("regularizer `{spec}`: {what} `{value}` is not a number")]
@@ -98,12 +171,21 @@ pub enum RegularizerError {
     BadCoef { spec: String, coef: f64 },
     #[error("regularizer `{spec}`: clip {clip} must be a number (inf disables clipping)")]
     BadClip { spec: String, clip: f64 },
-    #[error("regularizer `{spec}`: {kind} takes no clip (only forward_kl_is and chi2 do)")]
+    #[error(
+        "regularizer `{spec}`: {kind} takes no clip (only forward_kl_is, chi2 and chisqsm1 do)"
+    )]
     UnexpectedClip { spec: String, kind: &'static str },
-    #[error("regularizer `{spec}`: unknown option `{option}` (the only option is clip=C)")]
+    #[error("regularizer `{spec}`: {kind} takes no norm (only forward_kl does)")]
+    UnexpectedNorm { spec: String, kind: &'static str },
+    #[error("regularizer `{spec}`: norm `{value}`: expected tokens or padded")]
+    BadNorm { spec: String, value: String },
+    #[error(
+        "regularizer `{spec}`: unknown option `{option}` (the options are clip=C and, for \
+         forward_kl, norm=tokens|padded)"
+    )]
     UnknownOption { spec: String, option: String },
-    #[error("regularizer `{spec}`: clip is given twice")]
-    RepeatedClip { spec: String },
+    #[error("regularizer `{spec}`: {option} is given twice")]
+    RepeatedOption { spec: String, option: &'static str },
     #[error("regularizer {kind} is given twice; give each kind at most once")]
     Duplicate { kind: &'static str },
     #[error("unknown regularizer preset `{name}` (expected sppo or rspo-paper)")]
@@ -140,6 +222,11 @@ impl fmt::Display for Regularizer {
         if let Some(clip) = self.term.clip() {
             write!(f, ",clip={clip}")?;
         }
+        if let Term::ForwardKl { norm } = self.term {
+            if !norm.is_tokens() {
+                write!(f, ",norm={}", norm.name())?;
+            }
+        }
         Ok(())
     }
 }
@@ -158,7 +245,7 @@ fn parse_number(spec: &str, what: &'static str, value: &str) -> Result<f64, Regu
 impl FromStr for Regularizer {
     type Err = RegularizerError;
 
-    /// Parses `KIND=COEF[,clip=C]`.
+    /// Parses `KIND=COEF[,clip=C][,norm=N]`.
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let syntax = || RegularizerError::Syntax {
             spec: spec.to_string(),
@@ -168,16 +255,25 @@ impl FromStr for Regularizer {
         let (kind, coef) = head.split_once('=').ok_or_else(syntax)?;
         let kind = kind.trim();
         let coef = parse_number(spec, "coefficient", coef)?;
-        let mut clip = None;
+        let (mut clip, mut norm) = (None, None);
         for option in parts {
             let (key, value) = option.split_once('=').ok_or_else(syntax)?;
+            let repeated = |option| RegularizerError::RepeatedOption {
+                spec: spec.to_string(),
+                option,
+            };
             match key.trim() {
-                "clip" if clip.is_some() => {
-                    return Err(RegularizerError::RepeatedClip {
-                        spec: spec.to_string(),
-                    })
-                }
+                "clip" if clip.is_some() => return Err(repeated("clip")),
                 "clip" => clip = Some(parse_number(spec, "clip", value)?),
+                "norm" if norm.is_some() => return Err(repeated("norm")),
+                "norm" => {
+                    norm = Some(value.parse::<ForwardKlNorm>().map_err(|()| {
+                        RegularizerError::BadNorm {
+                            spec: spec.to_string(),
+                            value: value.to_string(),
+                        }
+                    })?)
+                }
                 _ => {
                     return Err(RegularizerError::UnknownOption {
                         spec: spec.to_string(),
@@ -188,13 +284,20 @@ impl FromStr for Regularizer {
         }
         let term = match kind {
             "reverse_kl" => Term::ReverseKl,
-            "forward_kl" => Term::ForwardKl,
+            "forward_kl" => Term::ForwardKl {
+                norm: norm.unwrap_or_default(),
+            },
             "forward_kl_is" => Term::ForwardKlIs {
                 clip: clip.unwrap_or(DEFAULT_CLIP),
             },
             "chi2" => Term::Chi2 {
                 clip: clip.unwrap_or(DEFAULT_CLIP),
             },
+            "chisqsm1" => Term::Chisqsm1 {
+                clip: clip.unwrap_or(DEFAULT_CLIP),
+            },
+            "entropy" => Term::Entropy,
+            "reverseklnoent" => Term::ReverseKlNoEnt,
             _ => {
                 return Err(RegularizerError::UnknownKind {
                     spec: spec.to_string(),
@@ -204,6 +307,12 @@ impl FromStr for Regularizer {
         };
         if clip.is_some() && term.clip().is_none() {
             return Err(RegularizerError::UnexpectedClip {
+                spec: spec.to_string(),
+                kind: term.name(),
+            });
+        }
+        if norm.is_some() && !term.needs_reference_samples() {
+            return Err(RegularizerError::UnexpectedNorm {
                 spec: spec.to_string(),
                 kind: term.name(),
             });
@@ -307,12 +416,73 @@ mod tests {
         let r: Regularizer = "reverse_kl=0.5".parse().unwrap();
         assert_eq!(r, Regularizer::new(Term::ReverseKl, 0.5));
         let r: Regularizer = " forward_kl = 1e-2 ".parse().unwrap();
-        assert_eq!(r, Regularizer::new(Term::ForwardKl, 0.01));
+        assert_eq!(
+            r,
+            Regularizer::new(
+                Term::ForwardKl {
+                    norm: ForwardKlNorm::Tokens
+                },
+                0.01
+            )
+        );
         // Clip defaults to the paper's 10; inf disables clipping.
         let r: Regularizer = "chi2=0.1".parse().unwrap();
         assert_eq!(r.term, Term::Chi2 { clip: DEFAULT_CLIP });
         let r: Regularizer = "forward_kl_is=0.1,clip=inf".parse().unwrap();
         assert_eq!(r.term.clip(), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn parses_the_official_terms_and_the_forward_kl_norm() {
+        let r: Regularizer = "chisqsm1=0.1".parse().unwrap();
+        assert_eq!(
+            r,
+            Regularizer::new(Term::Chisqsm1 { clip: DEFAULT_CLIP }, 0.1)
+        );
+        let r: Regularizer = "entropy=0.01".parse().unwrap();
+        assert_eq!(r, Regularizer::new(Term::Entropy, 0.01));
+        let r: Regularizer = "reverseklnoent=0.5".parse().unwrap();
+        assert_eq!(r, Regularizer::new(Term::ReverseKlNoEnt, 0.5));
+        let padded = Term::ForwardKl {
+            norm: ForwardKlNorm::Padded,
+        };
+        let r: Regularizer = "forward_kl=0.1,norm=padded".parse().unwrap();
+        assert_eq!(r, Regularizer::new(padded, 0.1));
+        for spec in [
+            "chisqsm1=0.1,clip=5",
+            "forward_kl=0.1,norm=padded",
+            "entropy=2",
+        ] {
+            assert_eq!(spec.parse::<Regularizer>().unwrap().to_string(), spec);
+        }
+        let err = |s: &str| s.parse::<Regularizer>().unwrap_err();
+        assert!(matches!(
+            err("entropy=0.1,norm=padded"),
+            RegularizerError::UnexpectedNorm { .. }
+        ));
+        assert!(matches!(
+            err("forward_kl=0.1,norm=mean"),
+            RegularizerError::BadNorm { .. }
+        ));
+        assert!(matches!(
+            err("entropy=0.1,clip=3"),
+            RegularizerError::UnexpectedClip { .. }
+        ));
+        // JSON: the default norm is left out, so earlier fingerprints stay as they were.
+        let tokens = Regularizer::new(
+            Term::ForwardKl {
+                norm: ForwardKlNorm::Tokens,
+            },
+            0.1,
+        );
+        assert_eq!(
+            serde_json::to_string(&tokens).unwrap(),
+            r#"{"kind":"forward_kl","coef":0.1}"#
+        );
+        let json = serde_json::to_string(&Regularizer::new(padded, 0.1)).unwrap();
+        assert_eq!(json, r#"{"kind":"forward_kl","norm":"padded","coef":0.1}"#);
+        let back: Regularizer = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.term, padded);
     }
 
     #[test]
@@ -372,7 +542,7 @@ mod tests {
         ));
         assert!(matches!(
             err("chi2=0.5,clip=1,clip=2"),
-            RegularizerError::RepeatedClip { .. }
+            RegularizerError::RepeatedOption { option: "clip", .. }
         ));
         let msg = err("forward_kl_is=0.1,clip").to_string();
         assert!(

@@ -136,6 +136,7 @@ pub(super) fn items_of<'a>(
             prompt_id: &r.prompt_id,
             sample_idx: r.sample_idx,
             messages: &r.messages,
+            prompt_text: &r.prompt_text,
             response: &r.response,
             reference,
             constraints,
