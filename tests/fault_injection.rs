@@ -358,7 +358,9 @@ fn contended(t: &Scratch, stage: &Stage, chunks: &Path, expected: &[Vec<u8>]) {
 fn two_runs_on_one_output_one_fails_fast_the_other_writes_it_whole() {
     let t = Scratch::new("fault-concurrent");
     let prompts = t.path("prompts.parquet");
-    write_prompts(&prompts, 12);
+    // Enough work that the first run is still going when the second has started and failed,
+    // on an idle machine too (12 prompts take well under the second run's start-up time).
+    write_prompts(&prompts, 400);
     let clean = sample_stage(&prompts, &t.path("clean/samples.parquet"));
     std::fs::create_dir_all(t.path("clean")).unwrap();
     clean.run(&t);
