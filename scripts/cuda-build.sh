@@ -90,8 +90,8 @@ mv "$target_dir/rspo-cuda.tar.xz.tmp" "$target_dir/rspo-cuda.tar.xz"
 (cd "$bundle" && stat -c '  %n %s bytes' bin/* tests/*)
 echo "cuda-build.sh: $target_dir/rspo-cuda.tar.xz $(stat -c %s "$target_dir/rspo-cuda.tar.xz") bytes, $(( $(date +%s) - start )) s in all"
 # A GPU machine gets the tracked tree plus this bundle: at most 60 MiB together (the tree alone
-# is held to 40 MiB by tests/tree_size.rs).
-tree=$(git ls-files -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+# is held to 40 MiB by tests/tree_size.rs; symlinks count as the files they point to).
+tree=$(git ls-files -z | xargs -0 stat -L -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
 total=$((tree + $(stat -c %s "$target_dir/rspo-cuda.tar.xz")))
 echo "cuda-build.sh: tracked tree $tree bytes + bundle = $total bytes (budget $((60 << 20)))"
 if [ "$total" -gt $((60 << 20)) ]; then

@@ -1,5 +1,6 @@
 //! The tracked tree stays small enough to copy to a GPU machine with the CUDA bundle beside it:
-//! at most 40 MiB of working tree (symlinks count as links), and no large file tracked twice.
+//! at most 40 MiB of working tree, and no large file tracked twice. A symlink counts as the
+//! file it points to: copies (a GPU machine's, an archive's, `cp -L`) may follow it.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -29,7 +30,7 @@ fn tracked_files() -> Vec<(String, u64)> {
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
             // A file deleted in the working tree but not yet in the index does not count.
-            let meta = std::fs::symlink_metadata(repo(p)).ok()?;
+            let meta = std::fs::metadata(repo(p)).ok()?;
             Some((p.to_string(), meta.len()))
         })
         .collect()
