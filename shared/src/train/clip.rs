@@ -20,11 +20,14 @@ pub enum ClipError {
     Candle(#[from] candle_core::Error),
 }
 
+/// Chunks are summed in parallel, the partial sums in chunk order: rayon's own `sum` combines
+/// them in an order that depends on work stealing, which moved the norm's last bits run to run.
 fn sum_of_squares(values: &[f32]) -> f64 {
-    values
+    let partials: Vec<f64> = values
         .par_chunks(CHUNK)
         .map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
-        .sum()
+        .collect();
+    partials.iter().sum()
 }
 
 /// The global 2-norm of the gradients of `params`; parameters without a gradient are skipped
