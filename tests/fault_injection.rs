@@ -2,7 +2,7 @@
 //! rerun write the bytes of an uninterrupted run; two runs given one output at once: one fails
 //! fast naming it, the other writes the whole file.
 
-use e2e::{bin, fixture, ok, s, Scratch};
+use e2e::{bin, fixture, ok, s, strs, Scratch, TrainInputs, QUICK_ADAMW};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -273,34 +273,16 @@ fn killed_stages_resume_to_the_bytes_of_an_uninterrupted_run() {
     ok(&t, "estimate-winrate", &w);
     let train_dir = t.path("train");
     let policy = fixture("tiny-llama");
+    let inputs = TrainInputs {
+        samples,
+        winrates,
+        policy_lp,
+        reference_lp,
+    };
+    let more = [QUICK_ADAMW, &["--epochs", "2", "--lr", "1e-3", "--state-every", "1"]].concat();
     let train = Stage::new(
         "train-step",
-        &[
-            "--policy",
-            s(&policy),
-            "--samples",
-            s(&samples),
-            "--winrates",
-            s(&winrates),
-            "--policy-logprobs",
-            s(&policy_lp),
-            "--reference-logprobs",
-            s(&reference_lp),
-            "--out",
-            s(&train_dir),
-            "--optimizer",
-            "adamw",
-            "--warmup-ratio",
-            "0",
-            "--batch-size",
-            "2",
-            "--epochs",
-            "2",
-            "--lr",
-            "1e-3",
-            "--state-every",
-            "1",
-        ],
+        &strs(&inputs.args(&policy, &train_dir, &more)),
         &[
             &train_dir.join("train_log.parquet"),
             &train_dir.join("model/model.safetensors"),

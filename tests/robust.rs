@@ -1,7 +1,7 @@
 //! Defects found by trying to break the stages (issue 17): outputs that would overwrite inputs,
 //! non-finite model outputs, byte-identity of every file across reruns and resumes.
 
-use e2e::{fails, fixture, ok, s, write_prompts, Scratch};
+use e2e::{fails, fixture, ok, s, strs, write_prompts, Scratch, TrainInputs, QUICK_ADAMW};
 use std::path::{Path, PathBuf};
 
 const TEXTS: [&str; 3] = ["Name a color.", "Say hi.", "What is two plus two?"];
@@ -16,9 +16,6 @@ fn model_copy(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
 
 fn sample_args(model: &Path, prompts: &Path, out: &Path) -> Vec<String> {
     [
@@ -76,11 +73,8 @@ fn score_args(samples: &Path, out: &Path) -> Vec<String> {
 struct Chain {
     model: PathBuf,
     prompts: PathBuf,
-    samples: PathBuf,
-    policy_lp: PathBuf,
-    reference_lp: PathBuf,
     preferences: PathBuf,
-    winrates: PathBuf,
+    train: TrainInputs,
 }
 
 impl Chain {
@@ -88,58 +82,36 @@ impl Chain {
         let c = Chain {
             model: model_copy(&t.path("policy")),
             prompts: t.path("prompts.parquet"),
-            samples: t.path("samples.parquet"),
-            policy_lp: t.path("logprobs-policy.parquet"),
-            reference_lp: t.path("logprobs-reference.parquet"),
             preferences: t.path("preferences.parquet"),
-            winrates: t.path("winrates.parquet"),
+            train: TrainInputs {
+                samples: t.path("samples.parquet"),
+                policy_lp: t.path("logprobs-policy.parquet"),
+                reference_lp: t.path("logprobs-reference.parquet"),
+                winrates: t.path("winrates.parquet"),
+            },
         };
         write_prompts(&c.prompts, &TEXTS);
         ok(
             t,
             "generate",
-            &strs(&sample_args(&c.model, &c.prompts, &c.samples)),
+            &strs(&sample_args(&c.model, &c.prompts, &c.train.samples)),
         );
-        for (role, out) in [("policy", &c.policy_lp), ("reference", &c.reference_lp)] {
+        for (role, out) in [("policy", &c.train.policy_lp), ("reference", &c.train.reference_lp)] {
             ok(
                 t,
                 "generate",
-                &strs(&logprobs_args(&c.model, &c.samples, role, out)),
+                &strs(&logprobs_args(&c.model, &c.train.samples, role, out)),
             );
         }
-        ok(t, "score", &strs(&score_args(&c.samples, &c.preferences)));
-        let w = ["--preferences", s(&c.preferences), "--out", s(&c.winrates)];
+        ok(t, "score", &strs(&score_args(&c.train.samples, &c.preferences)));
+        let w = ["--preferences", s(&c.preferences), "--out", s(&c.train.winrates)];
         ok(t, "estimate-winrate", &w);
         c
     }
 
     fn train_args(&self, policy: &Path, out: &Path) -> Vec<String> {
-        [
-            "--policy",
-            s(policy),
-            "--samples",
-            s(&self.samples),
-            "--winrates",
-            s(&self.winrates),
-            "--policy-logprobs",
-            s(&self.policy_lp),
-            "--reference-logprobs",
-            s(&self.reference_lp),
-            "--out",
-            s(out),
-            "--optimizer",
-            "adamw",
-            "--warmup-ratio",
-            "0",
-            "--batch-size",
-            "2",
-            "--epochs",
-            "2",
-            "--lr",
-            "1e-3",
-        ]
-        .map(String::from)
-        .to_vec()
+        let more = [QUICK_ADAMW, &["--epochs", "2", "--lr", "1e-3"]].concat();
+        self.train.args(policy, out, &more)
     }
 }
 
@@ -181,13 +153,13 @@ fn an_output_that_is_an_input_or_a_model_file_is_refused() {
         &weights,
     );
 
-    let lp = |out: &Path| logprobs_args(&c.model, &c.samples, "policy", out);
+    let lp = |out: &Path| logprobs_args(&c.model, &c.train.samples, "policy", out);
     refused(
         &t,
         "generate",
-        &lp(&c.samples),
+        &lp(&c.train.samples),
         &["--out", "--samples"],
-        &c.samples,
+        &c.train.samples,
     );
     refused(
         &t,
@@ -197,8 +169,8 @@ fn an_output_that_is_an_input_or_a_model_file_is_refused() {
         &weights,
     );
 
-    let score = score_args(&c.samples, &c.samples);
-    refused(&t, "score", &score, &["--out", "--samples"], &c.samples);
+    let score = score_args(&c.train.samples, &c.train.samples);
+    refused(&t, "score", &score, &["--out", "--samples"], &c.train.samples);
     let winrate = [
         "--preferences",
         s(&c.preferences),
@@ -223,13 +195,13 @@ fn an_output_that_is_an_input_or_a_model_file_is_refused() {
         &["--out", "--policy"],
         &policy_weights,
     );
-    let train = c.train_args(&c.model, &c.samples);
+    let train = c.train_args(&c.model, &c.train.samples);
     refused(
         &t,
         "train-step",
         &train,
         &["--out", "--samples"],
-        &c.samples,
+        &c.train.samples,
     );
 }
 
@@ -482,7 +454,7 @@ fn win_rates_of_other_samples_are_refused() {
     assert!(
         err.contains("other-winrates.parquet")
             && err.contains("other-samples.parquet")
-            && err.contains(s(&c.samples))
+            && err.contains(s(&c.train.samples))
             && err.contains("preferences of other samples"),
         "names both files and says why:\n{err}"
     );
@@ -555,7 +527,7 @@ fn bad_models_and_unwritable_outputs_are_found_before_any_work() {
     }
 
     // A win rate out of [0, 1]: the file is named, the reason given once.
-    let (meta, mut rows) = rspo::data::read_rows::<rspo::data::WinrateRow>(&c.winrates).unwrap();
+    let (meta, mut rows) = rspo::data::read_rows::<rspo::data::WinrateRow>(&c.train.winrates).unwrap();
     rows[1].winrate = 1.5;
     let bad = t.path("bad-winrates.parquet");
     rspo::data::write_rows(&bad, &meta, &rows).unwrap();

@@ -4,7 +4,7 @@
 //! GGUF the tests skip with a message, except under CI=true, where its absence fails them.
 
 use candle_core::{DType, Device};
-use e2e::{ok, s, write_prompts, Scratch};
+use e2e::{ok, s, strs, write_prompts, Scratch, TrainInputs, QUICK_ADAMW};
 use rspo::data::{
     read_rows, write_rows, FileKind, FileMeta, FinishReason, Message, SampleRow, WinrateRow,
 };
@@ -105,16 +105,9 @@ fn sample_logprobs(model: &Path, rows: &[SampleRow]) -> Vec<f32> {
         .unwrap()
 }
 
-struct Inputs {
-    samples: PathBuf,
-    winrates: PathBuf,
-    policy_lp: PathBuf,
-    reference_lp: PathBuf,
-}
-
 /// Two sampled responses to one prompt, log-probs by the real binary, and win rates that
 /// prefer sample 0 (0.75 against 0.25).
-fn make_inputs(sc: &Scratch, gguf: &Path) -> Inputs {
+fn make_inputs(sc: &Scratch, gguf: &Path) -> TrainInputs {
     let prompts = sc.path("prompts.parquet");
     write_prompts(&prompts, &["Name a fruit."]);
     let samples = sc.path("samples.parquet");
@@ -188,7 +181,7 @@ fn make_inputs(sc: &Scratch, gguf: &Path) -> Inputs {
     let mut meta = FileMeta::new(FileKind::Winrates, "test", "smollm2-winrates");
     e2e::record_samples(&mut meta, &samples, &samples_meta);
     write_rows(&path, &meta, &winrates).unwrap();
-    Inputs {
+    TrainInputs {
         samples,
         winrates: path,
         policy_lp,
@@ -203,32 +196,9 @@ fn one_step_raises_the_preferred_sample(name: &str, extra: &[&str]) {
     let sc = Scratch::new(name);
     let i = make_inputs(&sc, &gguf);
     let out = sc.path("iter-1");
-    let mut args = vec![
-        "--policy",
-        s(&gguf),
-        "--samples",
-        s(&i.samples),
-        "--winrates",
-        s(&i.winrates),
-        "--policy-logprobs",
-        s(&i.policy_lp),
-        "--reference-logprobs",
-        s(&i.reference_lp),
-        "--out",
-        s(&out),
-        "--optimizer",
-        "adamw",
-        "--warmup-ratio",
-        "0",
-        "--batch-size",
-        "2",
-        "--epochs",
-        "1",
-        "--beta",
-        "0.1",
-    ];
-    args.extend_from_slice(extra);
-    ok(&sc, "train-step", &args);
+    let more = [QUICK_ADAMW, &["--epochs", "1", "--beta", "0.1"], extra].concat();
+    let args = i.args(&gguf, &out, &more);
+    ok(&sc, "train-step", &strs(&args));
 
     let model = out.join("model");
     for f in [

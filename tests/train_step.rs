@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use e2e::{bin, fails, fixture, max_abs_diff, ok, record_samples, s, Scratch};
+use e2e::{bin, fails, fixture, max_abs_diff, ok, record_samples, s, Scratch, TrainInputs};
 use rspo::data::{
     read_rows, write_rows, FileKind, FileMeta, LogprobRow, Message, PromptRow, TrainLogRow,
     WinrateRow,
@@ -14,10 +14,7 @@ use rspo::data::{
 use rspo::model::{teacher_forced_logprobs, Checkpoint, PromptResponse, Weights};
 
 struct Inputs {
-    samples: PathBuf,
-    winrates: PathBuf,
-    policy_lp: PathBuf,
-    reference_lp: PathBuf,
+    files: TrainInputs,
     reference_samples: PathBuf,
 }
 
@@ -133,34 +130,18 @@ fn make_inputs(sc: &Scratch) -> Inputs {
     let winrates = sc.path("winrates.parquet");
     write_winrates(&samples, &winrates, None);
     Inputs {
-        samples,
-        winrates,
-        policy_lp,
-        reference_lp,
+        files: TrainInputs {
+            samples,
+            winrates,
+            policy_lp,
+            reference_lp,
+        },
         reference_samples,
     }
 }
 
-fn base_args<'a>(i: &'a Inputs, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "--policy",
-        fixture_str(),
-        "--samples",
-        s(&i.samples),
-        "--winrates",
-        s(&i.winrates),
-        "--policy-logprobs",
-        s(&i.policy_lp),
-        "--reference-logprobs",
-        s(&i.reference_lp),
-        "--out",
-        s(out),
-    ]
-}
-
 fn fixture_str() -> &'static str {
-    let p: &'static PathBuf = Box::leak(Box::new(fixture("tiny-llama")));
-    s(p)
+    leak_str(&fixture("tiny-llama"))
 }
 
 fn with(mut args: Vec<&'static str>, more: &[&'static str]) -> Vec<&'static str> {
@@ -168,17 +149,11 @@ fn with(mut args: Vec<&'static str>, more: &[&'static str]) -> Vec<&'static str>
     args
 }
 
-/// Leaks the paths so argument vectors can be built freely; tests are short-lived processes.
+/// The policy's and the inputs' arguments, leaked so tests can build argument vectors freely;
+/// tests are short-lived processes.
 fn leak(i: &Inputs, out: &Path) -> Vec<&'static str> {
-    let i: &'static Inputs = Box::leak(Box::new(Inputs {
-        samples: i.samples.clone(),
-        winrates: i.winrates.clone(),
-        policy_lp: i.policy_lp.clone(),
-        reference_lp: i.reference_lp.clone(),
-        reference_samples: i.reference_samples.clone(),
-    }));
-    let out: &'static Path = Box::leak(out.to_path_buf().into_boxed_path());
-    base_args(i, out)
+    let args = i.files.args(&fixture("tiny-llama"), out, &[]);
+    args.into_iter().map(|a| &*Box::leak(a.into_boxed_str())).collect()
 }
 
 fn leak_str(p: &Path) -> &'static str {
@@ -283,9 +258,9 @@ fn trains_writes_a_hugging_face_dir_and_skips_when_up_to_date() {
         std::fs::read(fixture("tiny-llama/tokenizer_config.json")).unwrap()
     );
     // Our loader reads it, and training moved the policy towards the preferred samples.
-    let before = sample_logprobs(&fixture("tiny-llama"), &inputs.samples);
-    let after = sample_logprobs(&model, &inputs.samples);
-    let (_, rows) = read_rows::<rspo::data::SampleRow>(&inputs.samples).unwrap();
+    let before = sample_logprobs(&fixture("tiny-llama"), &inputs.files.samples);
+    let after = sample_logprobs(&model, &inputs.files.samples);
+    let (_, rows) = read_rows::<rspo::data::SampleRow>(&inputs.files.samples).unwrap();
     let gap = |lp: &[f32]| {
         let mut g = 0f64;
         for (r, l) in rows.iter().zip(lp) {
@@ -516,7 +491,7 @@ fn inputs_that_do_not_belong_together_are_refused() {
             "--model",
             s(&fixture("rspo-oracle/policy")),
             "--samples",
-            s(&inputs.samples),
+            s(&inputs.files.samples),
             "--role",
             "policy",
             "--out",
@@ -534,13 +509,13 @@ fn inputs_that_do_not_belong_together_are_refused() {
     let err = fails(
         &sc,
         "train-step",
-        &replace("--policy-logprobs", &inputs.reference_lp),
+        &replace("--policy-logprobs", &inputs.files.reference_lp),
     );
     assert!(err.contains("reference log-probs"), "{err}");
 
     // Win rates of other samples.
     let other_winrates = sc.path("other-winrates.parquet");
-    write_winrates(&inputs.samples, &other_winrates, Some("x"));
+    write_winrates(&inputs.files.samples, &other_winrates, Some("x"));
     let err = fails(&sc, "train-step", &replace("--winrates", &other_winrates));
     assert!(
         err.contains("other-winrates.parquet") && err.contains("no row for sample"),
@@ -623,7 +598,7 @@ fn a_non_finite_loss_stops_before_any_checkpoint() {
     let sc = Scratch::new("train-step-nan");
     let inputs = make_inputs(&sc);
     // Finite inputs whose chi2 term overflows: dref = log pi_theta + 1e6 with the clip disabled.
-    let (meta, mut rows) = read_rows::<LogprobRow>(&inputs.reference_lp).unwrap();
+    let (meta, mut rows) = read_rows::<LogprobRow>(&inputs.files.reference_lp).unwrap();
     for r in &mut rows {
         r.logprob = -1e6;
     }
@@ -668,7 +643,7 @@ fn bf16_training_writes_a_bf16_checkpoint() {
     let (_, rows) = read_rows::<TrainLogRow>(&out.join("train_log.parquet")).unwrap();
     assert!(rows.iter().all(|r| r.loss.is_finite()));
     // Loadable, and moved away from the base.
-    let after = sample_logprobs(&out.join("model"), &inputs.samples);
-    let before = sample_logprobs(&fixture("tiny-llama"), &inputs.samples);
+    let after = sample_logprobs(&out.join("model"), &inputs.files.samples);
+    let before = sample_logprobs(&fixture("tiny-llama"), &inputs.files.samples);
     assert!(after.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-3));
 }

@@ -128,3 +128,42 @@ pub fn record_samples(
         rspo::data::FileMeta::inputs_json(&[input]),
     );
 }
+
+/// Borrowed views of owned arguments, for [`ok`], [`fails`] and [`run`].
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The four files `train-step` reads beside its policy.
+pub struct TrainInputs {
+    pub samples: PathBuf,
+    pub winrates: PathBuf,
+    pub policy_lp: PathBuf,
+    pub reference_lp: PathBuf,
+}
+
+impl TrainInputs {
+    /// `train-step`'s arguments: the policy, these four files and `--out`, then `more`.
+    pub fn args(&self, policy: &Path, out: &Path, more: &[&str]) -> Vec<String> {
+        let files = [
+            ("--policy", policy),
+            ("--samples", &self.samples),
+            ("--winrates", &self.winrates),
+            ("--policy-logprobs", &self.policy_lp),
+            ("--reference-logprobs", &self.reference_lp),
+            ("--out", out),
+        ];
+        let files = files.iter().flat_map(|(flag, p)| [*flag, s(p)]);
+        files.chain(more.iter().copied()).map(String::from).collect()
+    }
+}
+
+/// A short run on the tiny fixtures: AdamW without warm-up, in batches of two.
+pub const QUICK_ADAMW: &[&str] = &[
+    "--optimizer",
+    "adamw",
+    "--warmup-ratio",
+    "0",
+    "--batch-size",
+    "2",
+];
