@@ -279,7 +279,11 @@ fn killed_stages_resume_to_the_bytes_of_an_uninterrupted_run() {
         policy_lp,
         reference_lp,
     };
-    let more = [QUICK_ADAMW, &["--epochs", "2", "--lr", "1e-3", "--state-every", "1"]].concat();
+    let more = [
+        QUICK_ADAMW,
+        &["--epochs", "2", "--lr", "1e-3", "--state-every", "1"],
+    ]
+    .concat();
     let train = Stage::new(
         "train-step",
         &strs(&inputs.args(&policy, &train_dir, &more)),

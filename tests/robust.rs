@@ -16,7 +16,6 @@ fn model_copy(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-
 fn sample_args(model: &Path, prompts: &Path, out: &Path) -> Vec<String> {
     [
         "sample",
@@ -96,15 +95,27 @@ impl Chain {
             "generate",
             &strs(&sample_args(&c.model, &c.prompts, &c.train.samples)),
         );
-        for (role, out) in [("policy", &c.train.policy_lp), ("reference", &c.train.reference_lp)] {
+        for (role, out) in [
+            ("policy", &c.train.policy_lp),
+            ("reference", &c.train.reference_lp),
+        ] {
             ok(
                 t,
                 "generate",
                 &strs(&logprobs_args(&c.model, &c.train.samples, role, out)),
             );
         }
-        ok(t, "score", &strs(&score_args(&c.train.samples, &c.preferences)));
-        let w = ["--preferences", s(&c.preferences), "--out", s(&c.train.winrates)];
+        ok(
+            t,
+            "score",
+            &strs(&score_args(&c.train.samples, &c.preferences)),
+        );
+        let w = [
+            "--preferences",
+            s(&c.preferences),
+            "--out",
+            s(&c.train.winrates),
+        ];
         ok(t, "estimate-winrate", &w);
         c
     }
@@ -170,7 +181,13 @@ fn an_output_that_is_an_input_or_a_model_file_is_refused() {
     );
 
     let score = score_args(&c.train.samples, &c.train.samples);
-    refused(&t, "score", &score, &["--out", "--samples"], &c.train.samples);
+    refused(
+        &t,
+        "score",
+        &score,
+        &["--out", "--samples"],
+        &c.train.samples,
+    );
     let winrate = [
         "--preferences",
         s(&c.preferences),
@@ -527,7 +544,8 @@ fn bad_models_and_unwritable_outputs_are_found_before_any_work() {
     }
 
     // A win rate out of [0, 1]: the file is named, the reason given once.
-    let (meta, mut rows) = rspo::data::read_rows::<rspo::data::WinrateRow>(&c.train.winrates).unwrap();
+    let (meta, mut rows) =
+        rspo::data::read_rows::<rspo::data::WinrateRow>(&c.train.winrates).unwrap();
     rows[1].winrate = 1.5;
     let bad = t.path("bad-winrates.parquet");
     rspo::data::write_rows(&bad, &meta, &rows).unwrap();

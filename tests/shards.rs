@@ -143,6 +143,17 @@ fn sharded_logprobs_and_score_merge_to_the_unsharded_files() {
             "merged {name} differs from the whole"
         );
     }
+    // A shard given to a later stage as the whole file is refused, named.
+    let shard = sc.path("sc/shard-1/preferences.parquet");
+    let out = sc.path("w/winrates.parquet");
+    let err = fails(
+        &sc,
+        "estimate-winrate",
+        &["--preferences", s(&shard), "--out", s(&out)],
+    );
+    let what = format!("shard 1/{SHARDS} of a sharded run");
+    assert!(err.contains(s(&shard)) && err.contains(&what), "{err}");
+    assert!(!out.exists());
     // Shards of different files, and more shards than prompts, are refused by name.
     let mixed = [parts[0].clone(), reused[1].clone(), parts[2].clone()];
     let err = fails(

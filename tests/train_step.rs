@@ -153,7 +153,9 @@ fn with(mut args: Vec<&'static str>, more: &[&'static str]) -> Vec<&'static str>
 /// tests are short-lived processes.
 fn leak(i: &Inputs, out: &Path) -> Vec<&'static str> {
     let args = i.files.args(&fixture("tiny-llama"), out, &[]);
-    args.into_iter().map(|a| &*Box::leak(a.into_boxed_str())).collect()
+    args.into_iter()
+        .map(|a| &*Box::leak(a.into_boxed_str()))
+        .collect()
 }
 
 fn leak_str(p: &Path) -> &'static str {

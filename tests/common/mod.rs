@@ -154,7 +154,10 @@ impl TrainInputs {
             ("--out", out),
         ];
         let files = files.iter().flat_map(|(flag, p)| [*flag, s(p)]);
-        files.chain(more.iter().copied()).map(String::from).collect()
+        files
+            .chain(more.iter().copied())
+            .map(String::from)
+            .collect()
     }
 }
 

@@ -109,6 +109,12 @@ pub enum ContentError {
     #[error("rspo.schema is '{found}', expected '{expected}'")]
     WrongSchema { found: String, expected: String },
 
+    #[error(
+        "this is shard {shard} of a sharded run (`--shard`), not the whole file; expected the \
+         merged file (`generate merge --out FILE SHARD...` joins the shards)"
+    )]
+    UnmergedShard { shard: String },
+
     #[error("missing metadata key '{key}' (expected {expected})")]
     MissingMetadata { key: String, expected: String },
 

@@ -19,7 +19,7 @@ use parquet::file::properties::WriterProperties;
 use super::digest::file_digest;
 use super::error::{ContentError, DataError};
 use super::json_prompts::{is_json_file, prompts_from_json};
-use super::metadata::{FileMeta, KEY_SCHEMA};
+use super::metadata::{FileMeta, KEY_SCHEMA, SHARD};
 use super::prompts::{prompts_from_batch, PromptOptions, PromptRow};
 use super::rows::{check_unique_keys, Rows};
 use super::schema::FileKind;
@@ -133,7 +133,21 @@ fn read_batch<R: Rows>(path: &Path) -> Result<(FileMeta, RecordBatch), DataError
 
 /// Reads a file of `R`'s kind: checks `rspo.schema`, every required column's presence and type,
 /// nulls, and duplicate keys. Zero rows are fine here; stages decide whether that is an error.
+/// A shard of a sharded run (`--shard I/N`) is refused: it holds part of the rows, and
+/// `generate merge` joins the shards into the whole file.
 pub fn read_rows<R: Rows>(path: &Path) -> Result<(FileMeta, Vec<R>), DataError> {
+    let (meta, rows) = read_rows_or_shard::<R>(path)?;
+    if let Some(shard) = meta.extra.get(SHARD) {
+        let problem = ContentError::UnmergedShard {
+            shard: shard.clone(),
+        };
+        return Err(DataError::content(path, problem));
+    }
+    Ok((meta, rows))
+}
+
+/// [`read_rows`] that also takes a shard (its metadata says which: `rspo.shard`).
+pub fn read_rows_or_shard<R: Rows>(path: &Path) -> Result<(FileMeta, Vec<R>), DataError> {
     let (meta, batch) = read_batch::<R>(path)?;
     let rows = R::from_batch(&batch).map_err(|problem| DataError::content(path, problem))?;
     check_unique_keys(&rows).map_err(|problem| DataError::content(path, problem))?;

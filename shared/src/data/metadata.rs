@@ -23,6 +23,8 @@ pub const KEY_PREFIX: &str = "rspo.";
 /// preferences it was estimated from (the samples they judged), so that train-step can check
 /// the win rates belong to its samples.
 pub const PREFERENCE_INPUTS: &str = "preference_inputs";
+/// In a shard's `extra`: which shard it is, `I/N` (`--shard I/N`).
+pub const SHARD: &str = "shard";
 
 const RESERVED: [&str; 7] = [
     KEY_SCHEMA,

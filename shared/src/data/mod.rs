@@ -40,12 +40,12 @@ pub use fingerprint::{
     canonical_json, prompt_id_for, prompt_id_for_messages, row_seed, stage_fingerprint,
 };
 pub use io::{
-    read_meta, read_prompts, read_rows, remove_temporaries, write_atomically, write_dir_atomically,
-    write_rows, EXTERNAL_STAGE,
+    read_meta, read_prompts, read_rows, read_rows_or_shard, remove_temporaries, write_atomically,
+    write_dir_atomically, write_rows, EXTERNAL_STAGE,
 };
 pub use metadata::{
     FileMeta, InputRef, ModelRef, KEY_CONFIG, KEY_FINGERPRINT, KEY_INPUTS, KEY_MODELS, KEY_PREFIX,
-    KEY_SCHEMA, KEY_STAGE, KEY_VERSION, PREFERENCE_INPUTS,
+    KEY_SCHEMA, KEY_STAGE, KEY_VERSION, PREFERENCE_INPUTS, SHARD,
 };
 pub use prompts::{prompts_from_batch, PromptOptions, PromptRow};
 pub use rows::{

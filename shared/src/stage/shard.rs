@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::context::Outcome;
 use crate::data::{
-    read_meta, read_rows, write_rows, ConstraintRow, FileKind, FileMeta, LogprobRow, PreferenceRow,
-    Rows, SampleRow, ScoreRow,
+    read_meta, read_rows_or_shard, write_rows, ConstraintRow, FileKind, FileMeta, LogprobRow,
+    PreferenceRow, Rows, SampleRow, ScoreRow, SHARD,
 };
 
 /// `--shard I/N`: the I-th of N contiguous slices of the prompts (0-based).
@@ -74,7 +74,7 @@ impl Shard {
     pub fn mark(&self, meta: &mut FileMeta) {
         let whole = meta.fingerprint.clone();
         meta.extra
-            .insert("shard".into(), format!("{}/{}", self.index, self.count));
+            .insert(SHARD.into(), format!("{}/{}", self.index, self.count));
         meta.fingerprint =
             blake3::hash(format!("{whole}:{}/{}", self.index, self.count).as_bytes())
                 .to_hex()
@@ -107,10 +107,10 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Outcome> {
 fn merge_rows<R: Rows>(shards: &[PathBuf], out: &Path) -> Result<Outcome> {
     let mut parts: Vec<(Shard, FileMeta, Vec<R>)> = Vec::new();
     for path in shards {
-        let (meta, rows) = read_rows::<R>(path)?;
+        let (meta, rows) = read_rows_or_shard::<R>(path)?;
         let shard: Shard = meta
             .extra
-            .get("shard")
+            .get(SHARD)
             .with_context(|| format!("{}: not a shard (no rspo.shard metadata)", path.display()))?
             .parse()?;
         parts.push((shard, meta, rows));
@@ -149,7 +149,7 @@ fn unsharded_meta<R>(parts: &[(Shard, FileMeta, Vec<R>)]) -> Result<FileMeta> {
         .extra
         .remove("unsharded_fingerprint")
         .context("shard without rspo.unsharded_fingerprint")?;
-    meta.extra.remove("shard");
+    meta.extra.remove(SHARD);
     for (sh, m, _) in &parts[1..] {
         ensure!(
             m.extra.get("unsharded_fingerprint") == Some(&whole),

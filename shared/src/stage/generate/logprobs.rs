@@ -9,7 +9,8 @@ use std::path::Path;
 
 use super::{open_checkpoint, GenerateSettings};
 use crate::data::{
-    read_rows, write_rows, ChunkStore, DigestCache, FileKind, FileMeta, LogprobRow, SampleRow,
+    read_rows, read_rows_or_shard, write_rows, ChunkStore, DigestCache, FileKind, FileMeta,
+    LogprobRow, SampleRow, SHARD,
 };
 use crate::model::{
     dtype_for, dtype_name, model_ref, parse_device, teacher_forced_logprobs, PromptResponse,
@@ -117,13 +118,13 @@ fn reusable_rows(
     output: &StageOutput,
     role: &str,
 ) -> Result<Option<Vec<LogprobRow>>> {
-    let (meta, rows) = read_rows::<LogprobRow>(other)?;
+    let (meta, rows) = read_rows_or_shard::<LogprobRow>(other)?;
     let same_samples =
         meta.inputs.first().map(|i| &i.fingerprint) == Some(&samples_meta.fingerprint);
     let same_model = meta.models.values().next().map(|m| &m.digest)
         == output.meta.models.get(role).map(|m| &m.digest);
     // A shard's rows are part of the samples only; the whole file is reused.
-    let whole = !meta.extra.contains_key("shard");
+    let whole = !meta.extra.contains_key(SHARD);
     if same_samples && same_model && whole && meta.config["dtype"] == output.meta.config["dtype"] {
         eprintln!(
             "generate logprobs: same samples and model as {}: rows reused",
