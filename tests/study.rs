@@ -224,7 +224,11 @@ fn check_charts(dir: &Path, study: &str) {
             .filter(|n| n.has_tag_name("polyline"))
             .count();
         assert!(lines >= 2 * SPECS.len(), "{link}: {lines} polylines");
-        let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
+        let texts: Vec<&str> = doc
+            .descendants()
+            .filter_map(|n| n.text())
+            .map(str::trim)
+            .collect();
         for spec in SPECS {
             assert!(texts.contains(&spec), "{link}: no legend entry {spec}");
         }
