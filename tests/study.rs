@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use e2e::{bin, repo, Scratch};
+use e2e::{bin, markdown_table, repo, Scratch};
 use rspo::data::{read_meta, read_rows, EvalRow};
 
 /// The study the README quotes (small enough for CI: 3 variants, 2 iterations, 1 epoch each).
@@ -237,23 +237,6 @@ fn check_charts(dir: &Path, study: &str) {
             "{link}: no x-axis label"
         );
     }
-}
-
-/// The rows of the first Markdown table after `marker`, as cells; the first row is the header.
-fn markdown_table(text: &str, marker: &str) -> Vec<Vec<String>> {
-    let start = text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
-    text[start..]
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter(|l| !l.starts_with("| ---"))
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_string())
-                .collect()
-        })
-        .collect()
 }
 
 /// study.md's results: a row per variant and iteration (and the base), each number the

@@ -128,3 +128,21 @@ pub fn record_samples(
         rspo::data::FileMeta::inputs_json(&[input]),
     );
 }
+
+/// The rows of the first Markdown table after `marker` (or of the first table when empty), as
+/// cells; the first row is the header.
+pub fn markdown_table(text: &str, marker: &str) -> Vec<Vec<String>> {
+    let start = text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
+    text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| !l.starts_with("| ---"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}

@@ -787,6 +787,42 @@ mod tests {
     }
 
     #[test]
+    fn given_names_are_checked() {
+        let models = ["a/iter-1/model".to_string(), "b/iter-1/model".to_string()];
+        let settings = EvaluateSettings::default();
+        let judge = ScoreSettings::default();
+        let names_of = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            model_names(&EvaluateJob {
+                models: &models,
+                names: Some(&names),
+                prompts: Path::new("p.parquet"),
+                out: Path::new("out"),
+                settings: &settings,
+                judge: &judge,
+                timings: None,
+                force: false,
+            })
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            names_of(&["sppo.iter-1", "rspo-paper.iter-1"]).unwrap(),
+            ["sppo.iter-1", "rspo-paper.iter-1"]
+        );
+        assert_eq!(
+            names_of(&["x"]).unwrap_err(),
+            "--names: 1 names for 2 --models; give one per model"
+        );
+        assert!(names_of(&["a/b", "c"])
+            .unwrap_err()
+            .contains("it names files"));
+        assert_eq!(
+            names_of(&["x", "x"]).unwrap_err(),
+            "--names: \"x\" is given twice"
+        );
+    }
+
+    #[test]
     fn models_get_short_unique_names() {
         let models = [
             "runs/tiny/iter-1/model/".to_string(),
