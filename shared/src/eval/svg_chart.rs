@@ -192,9 +192,24 @@ mod tests {
             4,
             "{svg}"
         );
-        for text in ["sppo", "rspo-paper", "iteration", "win rate (%)", ">2<"] {
-            assert!(svg.contains(text), "{text} missing:\n{svg}");
+        // The text of every element: legend, axis labels, whole-number iteration ticks.
+        let texts: Vec<&str> = svg
+            .split('<')
+            .filter_map(|tag| tag.split_once('>').map(|(_, text)| text.trim()))
+            .filter(|t| !t.is_empty())
+            .collect();
+        for text in [
+            "sppo",
+            "rspo-paper",
+            "iteration",
+            "win rate (%)",
+            "0",
+            "1",
+            "2",
+        ] {
+            assert!(texts.contains(&text), "{text} missing: {texts:?}");
         }
+        assert!(!texts.contains(&"0.5"), "{texts:?}");
         // Round markers on the 6 points.
         assert_eq!(svg.matches("<circle").count(), 6, "{svg}");
     }
