@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use e2e::{bin, markdown_table, repo, Scratch};
+use e2e::{bin, markdown_table, output_text as text, repo, Scratch};
 use rspo::data::{read_meta, read_rows, EvalRow};
 
 /// The study the README quotes (small enough for CI: 3 variants, 2 iterations, 1 epoch each).
@@ -44,14 +44,6 @@ fn make(dir: &Path, cache: &Path) -> Output {
         .env("RSPO_CACHE_DIR", cache)
         .output()
         .expect("make runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Every file under `dir`.

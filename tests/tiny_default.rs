@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use e2e::{bin, fixture, markdown_table, max_abs_diff, repo, Scratch};
+use e2e::{bin, fixture, markdown_table, max_abs_diff, output_text as text, repo, Scratch};
 use rspo::model::{sequence_scores, Checkpoint};
 
 /// The reward model's preference, restated from the example's doc: `▁` then lowercase letters.
@@ -124,14 +124,6 @@ impl MakeRun {
             .output()
             .expect("make runs")
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The acceptance run of the embedded default, through the Makefile and the real binaries.

@@ -146,3 +146,12 @@ pub fn markdown_table(text: &str, marker: &str) -> Vec<Vec<String>> {
         })
         .collect()
 }
+
+/// A finished command's stdout then stderr, as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
