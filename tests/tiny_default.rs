@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use e2e::{bin, fixture, max_abs_diff, repo, Scratch};
+use e2e::{bin, fixture, markdown_table, max_abs_diff, output_text as text, repo, Scratch};
 use rspo::model::{sequence_scores, Checkpoint};
 
 /// The reward model's preference, restated from the example's doc: `▁` then lowercase letters.
@@ -126,14 +126,6 @@ impl MakeRun {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// The acceptance run of the embedded default, through the Makefile and the real binaries.
 #[test]
 fn make_iter_learns_and_reruns_only_what_changed() {
@@ -232,24 +224,6 @@ fn make_iter_learns_and_reruns_only_what_changed() {
     }
     assert!(!out.contains("train_log.parquet is up to date"), "{out}");
     assert_ne!(modified(&train_log), before, "train-step did not rerun");
-}
-
-/// The rows of the first Markdown table after `marker` (or of the first table when empty), as
-/// cells; the first row is the header.
-fn markdown_table(text: &str, marker: &str) -> Vec<Vec<String>> {
-    let start = text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
-    text[start..]
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter(|l| !l.starts_with("| ---"))
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_string())
-                .collect()
-        })
-        .collect()
 }
 
 /// README.md's results table quotes this run's report.md: the same models, and in every column

@@ -170,3 +170,30 @@ pub const QUICK_ADAMW: &[&str] = &[
     "--batch-size",
     "2",
 ];
+
+/// The rows of the first Markdown table after `marker` (or of the first table when empty), as
+/// cells; the first row is the header.
+pub fn markdown_table(text: &str, marker: &str) -> Vec<Vec<String>> {
+    let start = text.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
+    text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| !l.starts_with("| ---"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// A finished command's stdout then stderr, as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use rspo::stage::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
 use rspo::stage::shard::{self, Shard};
+use rspo::stage::study;
 use rspo::stage::{make_variables, parse_command_line, Outcome, Settings, StageFlags};
 use std::path::PathBuf;
 
@@ -31,6 +32,17 @@ enum Command {
     PipelineVars {
         /// The pipeline file, e.g. pipelines/tiny.toml.
         file: PathBuf,
+    },
+    /// Check the variants of `make study` against a pipeline file and print, per variant, its
+    /// run folder's name, 1 if it needs reference samples (forward_kl) else 0, and its
+    /// train-step flags (scripts/study.sh reads this).
+    StudyPlan {
+        /// The pipeline file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Losses: a preset (`sppo`, `rspo-paper`) or KIND=COEF[,clip=C] terms joined by `+`.
+        #[arg(required = true)]
+        variants: Vec<String>,
     },
 }
 
@@ -142,6 +154,9 @@ fn main() -> Result<()> {
             report("generate merge", &a.out, outcome);
         }
         Command::PipelineVars { file } => print!("{}", make_variables(&file)?),
+        Command::StudyPlan { config, variants } => {
+            print!("{}", study::plan_lines(&study::plan(&config, &variants)?))
+        }
     }
     Ok(())
 }

@@ -76,6 +76,8 @@ impl Settings for EvaluateSettings {
 
 pub struct EvaluateJob<'a> {
     pub models: &'a [String],
+    /// The models' names in the outputs, one per model [default: short names from the paths].
+    pub names: Option<&'a [String]>,
     pub prompts: &'a Path,
     pub out: &'a Path,
     pub settings: &'a EvaluateSettings,
@@ -138,6 +140,30 @@ fn unique_names(models: &[String]) -> Vec<String> {
     names
 }
 
+/// `--names` when given (checked: one per model, distinct, usable in a file name), else
+/// [`unique_names`].
+fn model_names(job: &EvaluateJob) -> Result<Vec<String>> {
+    let Some(names) = job.names else {
+        return Ok(unique_names(job.models));
+    };
+    ensure!(
+        names.len() == job.models.len(),
+        "--names: {} names for {} --models; give one per model",
+        names.len(),
+        job.models.len()
+    );
+    for (i, n) in names.iter().enumerate() {
+        ensure!(
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)),
+            "--names {n:?}: expected letters, digits and . _ + - (it names files)"
+        );
+        ensure!(!names[..i].contains(n), "--names: {n:?} is given twice");
+    }
+    Ok(names.to_vec())
+}
+
 fn sample_settings(s: &EvaluateSettings) -> GenerateSettings {
     GenerateSettings {
         k: s.k,
@@ -190,7 +216,7 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Outcome> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--diversity-tokens {e}"))?;
 
-    let names = unique_names(job.models);
+    let names = model_names(job)?;
     let mut files = Vec::new();
     for (m, name) in job.models.iter().zip(&names) {
         eprintln!("evaluate: responses of {name}");
@@ -569,7 +595,8 @@ fn write_reports(
     )
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to `path` atomically.
+pub(crate) fn write_text(path: &Path, text: &str) -> Result<()> {
     write_atomically(path, |w| {
         use std::io::Write;
         w.write_all(text.as_bytes())
@@ -741,6 +768,7 @@ mod tests {
         // The model does not exist either: generating would fail first.
         let err = evaluate(&EvaluateJob {
             models: &[tmp.path("no-such-model").display().to_string()],
+            names: None,
             prompts: &prompts,
             out: &out,
             settings: &EvaluateSettings::default(),
@@ -756,6 +784,42 @@ mod tests {
             "{msg}"
         );
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn given_names_are_checked() {
+        let models = ["a/iter-1/model".to_string(), "b/iter-1/model".to_string()];
+        let settings = EvaluateSettings::default();
+        let judge = ScoreSettings::default();
+        let names_of = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            model_names(&EvaluateJob {
+                models: &models,
+                names: Some(&names),
+                prompts: Path::new("p.parquet"),
+                out: Path::new("out"),
+                settings: &settings,
+                judge: &judge,
+                timings: None,
+                force: false,
+            })
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            names_of(&["sppo.iter-1", "rspo-paper.iter-1"]).unwrap(),
+            ["sppo.iter-1", "rspo-paper.iter-1"]
+        );
+        assert_eq!(
+            names_of(&["x"]).unwrap_err(),
+            "--names: 1 names for 2 --models; give one per model"
+        );
+        assert!(names_of(&["a/b", "c"])
+            .unwrap_err()
+            .contains("it names files"));
+        assert_eq!(
+            names_of(&["x", "x"]).unwrap_err(),
+            "--names: \"x\" is given twice"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod progress;
 pub mod score;
 mod settings;
 pub mod shard;
+pub mod study;
 mod train_state;
 pub mod train_step;
 
