@@ -10,7 +10,7 @@ use rspo::data::{
 };
 use rspo::model::{teacher_forced_logprobs, Checkpoint, PromptResponse};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[path = "../shared/tests/support/mod.rs"]
 mod support;
