@@ -6,7 +6,8 @@ For each model shape, runs ours (shared/benches/throughput.rs, release build) an
 PyTorch, ...) for --rounds rounds, each process measured alone: tokens/s of each workload from
 its JSON lines, peak RSS from the kernel's accounting of the finished child (wait4). Prints one
 table (tokens/s lowest-highest over the rounds, ratio ours/PyTorch per round, lowest-highest)
-and writes it, with the raw lines, under target/bench-compare/.
+and writes it under target/bench-compare/, with each process's numbers in runs-*.jsonl as they
+come (--table-from FILE remakes the table of such a file, e.g. of an interrupted run).
 
     python3 scripts/bench_compare.py --python .venv-torch/bin/python [--rounds 3] [--runs 3]
         [--config bench/bench-40m.config.json --config ...] [--bin path/to/throughput]
@@ -139,13 +140,14 @@ def tok_per_round(records, model, workload):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--python", required=True, help="the python that has torch and transformers")
+    ap.add_argument("--python", help="the python that has torch and transformers (required to measure)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=3, help="timed runs per workload in each process")
     ap.add_argument("--config", action="append", help="model shape(s); default 40M and SmolLM2-135M")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--bin", help="our throughput executable (default: cargo bench --no-run)")
     ap.add_argument("--out", default=os.path.join(REPO, "target", "bench-compare"))
+    ap.add_argument("--table-from", help="only make the table of a runs-*.jsonl file")
     args = ap.parse_args()
     if args.rounds < 1 or args.runs < 1:
         raise SystemExit("bench_compare: --rounds and --runs must be at least 1")
@@ -153,7 +155,34 @@ def main():
     for c in configs:
         if not os.path.isfile(c):
             raise SystemExit(f"bench_compare: --config {c}: no such file")
-    ours = args.bin or build_ours()
+    os.makedirs(args.out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs_path = os.path.join(args.out, f"runs-{stamp}.jsonl")
+    if args.table_from:
+        records = [json.loads(l) for l in open(args.table_from) if l.strip()]
+        note = f"from {args.table_from}"
+    else:
+        if not args.python:
+            raise SystemExit("bench_compare: --python: the python with torch and transformers is required "
+                             "(scripts/torch-venv.sh prints it)")
+        ours = args.bin or build_ours()
+        records, note = measure_rounds(args, ours, configs, runs_path)
+    table = build_table(records)
+    versions = next((r for rec in records for r in rec["rows"] if "torch" in r), {})
+    note = (f"f32 on the CPU; torch {versions.get('torch', '?')}, transformers "
+            f"{versions.get('transformers', '?')}; {note}")
+    print(table)
+    print(note)
+    table_path = os.path.join(args.out, f"table-{stamp}.md")
+    with open(table_path, "w") as f:
+        f.write(table + "\n\n" + note + "\n")
+    print(f"written to {table_path}", file=sys.stderr)
+
+
+def measure_rounds(args, ours, configs, runs_path):
+    """Runs the rounds, each record appended to `runs_path` as it comes (an interrupted run
+    keeps what it measured: --table-from makes its table). Returns the records and a note on
+    the conditions."""
     common = ["--device", "cpu", "--dtype", "f32", "--runs", str(args.runs),
               "--workloads", args.workloads]
     load_before = open("/proc/loadavg").read().split()[:3]
@@ -166,30 +195,21 @@ def main():
                                          "--config", c])):
                 rows, rss, user, sys_s = run_measured(cmd + common)
                 model = rows[0]["model"] if rows else os.path.basename(c)
-                records.append({"impl": impl, "model": model, "round": rnd, "rows": rows,
-                                "rss": rss, "user": user, "sys": sys_s})
+                record = {"impl": impl, "model": model, "round": rnd, "rows": rows,
+                          "rss": rss, "user": user, "sys": sys_s}
+                records.append(record)
+                with open(runs_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
                 print(f"round {rnd} {impl:5} {model}: "
                       + ", ".join(f"{r['workload']} {r['tokens_per_s']:.0f} tok/s" for r in rows)
                       + f"; peak RSS {rss / 1e9:.2f} GB, user {user:.0f} s, sys {sys_s:.0f} s",
                       file=sys.stderr, flush=True)
     load_after = open("/proc/loadavg").read().split()[:3]
-    table = build_table(records)
-    versions = next((r for rec in records for r in rec["rows"] if "torch" in r), {})
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    note = (f"f32 on the CPU, {args.rounds} interleaved rounds of {args.runs} timed runs; "
-            f"torch {versions.get('torch', '?')}, transformers {versions.get('transformers', '?')}; "
-            f"{os.cpu_count()} cores, {cpu}; load average {' '.join(load_before)} before, "
-            f"{' '.join(load_after)} after; {time.time() - started:.0f} s")
-    print(table)
-    print(note)
-    os.makedirs(args.out, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    with open(os.path.join(args.out, f"table-{stamp}.md"), "w") as f:
-        f.write(table + "\n\n" + note + "\n")
-    with open(os.path.join(args.out, f"runs-{stamp}.jsonl"), "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    print(f"written to {os.path.join(args.out, f'table-{stamp}.md')}", file=sys.stderr)
+    note = (f"{args.rounds} interleaved rounds of {args.runs} timed runs; {os.cpu_count()} cores, "
+            f"{cpu}; load average {' '.join(load_before)} before, {' '.join(load_after)} after; "
+            f"{time.time() - started:.0f} s")
+    return records, note
 
 
 if __name__ == "__main__":
