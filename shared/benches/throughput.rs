@@ -137,8 +137,13 @@ fn main() {
         let weights = random_weights(&cfg, 0.02, DType::F32, &device).expect("weights");
         let trainable = TrainableModel::full_mixed(cfg.clone(), &weights, dtype).expect("model");
         drop(weights);
-        let (tokens, secs) =
-            bench_train(&trainable, args.runs, &cfg, args.gradient_checkpointing, sync);
+        let (tokens, secs) = bench_train(
+            &trainable,
+            args.runs,
+            &cfg,
+            args.gradient_checkpointing,
+            sync,
+        );
         report("train", tokens, secs, args.runs);
     }
 }
@@ -197,8 +202,8 @@ fn bench_train(
             micro_batch_size: 8,
             gradient_checkpointing,
         };
-        let mut out = step_gradients_with(&model, &trainable.params, &batch, &spec, options)
-            .expect("step");
+        let mut out =
+            step_gradients_with(&model, &trainable.params, &batch, &spec, options).expect("step");
         clip_grad_norm(&mut out.grads, &trainable.params, 1.0).expect("clip");
         optimizer.step(&out.grads, 5e-7).expect("optimizer");
         assert!(out.values.loss.is_finite());

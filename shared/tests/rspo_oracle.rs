@@ -187,8 +187,8 @@ fn loss_terms_and_gradients_match_pytorch() {
             micro_batch_size: 64,
             gradient_checkpointing,
         };
-        let out =
-            step_gradients_with(&trainable.model, &trainable.params, &refs, &spec, options).unwrap();
+        let out = step_gradients_with(&trainable.model, &trainable.params, &refs, &spec, options)
+            .unwrap();
 
         let mut worst_term = rel(out.values.self_play, result.terms["self_play"]);
         assert_eq!(out.values.terms.len() + 1, result.terms.len(), "{}", c.name);
@@ -224,7 +224,8 @@ fn loss_terms_and_gradients_match_pytorch() {
             .unwrap(),
             &result.grad_layer0_q_proj_row0,
         );
-        let line = format!(
+        let line =
+            format!(
             "{:>24}{}: loss rel {loss_err:.1e}, worst term rel {worst_term:.1e}, grad norm rel \
              {norm_err:.1e}, slices worst |err| / (1e-4 + 1e-3 |want|) = {worst_slice:.2}\n",
             c.name,

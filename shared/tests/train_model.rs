@@ -296,7 +296,13 @@ fn gradient_checkpointing_gives_the_gradients_of_the_ordinary_pass() {
         targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
     };
     let vals = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-    for name in ["tiny-llama", "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-llama3",
+        "tiny-mistral",
+        "tiny-qwen2",
+        "tiny-qwen3",
+    ] {
         let ck = Checkpoint::open(&fixture(name)).unwrap();
         let w = Weights::load(&ck.dir, DType::F32, &Device::Cpu).unwrap();
         let full = TrainableModel::full(ck.config.clone(), &w).unwrap();
@@ -316,9 +322,12 @@ fn gradient_checkpointing_gives_the_gradients_of_the_ordinary_pass() {
                 };
                 let (plain, checkpointed) = (run(false), run(true));
                 let what = format!("{name} {kind} micro-batch {micro_batch_size}");
-                let loss_rel = (checkpointed.values.loss - plain.values.loss).abs()
-                    / plain.values.loss.abs();
-                assert!(loss_rel <= 1e-6, "{what}: loss relative difference {loss_rel}");
+                let loss_rel =
+                    (checkpointed.values.loss - plain.values.loss).abs() / plain.values.loss.abs();
+                assert!(
+                    loss_rel <= 1e-6,
+                    "{what}: loss relative difference {loss_rel}"
+                );
                 for (param, var) in &t.params {
                     let a = vals(checkpointed.grads.get(var.as_tensor()).unwrap());
                     let b = vals(plain.grads.get(var.as_tensor()).unwrap());

@@ -809,8 +809,8 @@ impl<'a> Training<'a> {
             micro_batch_size: s.micro_batch_size.unwrap_or(usize::MAX),
             gradient_checkpointing: s.gradient_checkpointing,
         };
-        let mut out = step_gradients_with(&model, params, &batch, self.spec, options)
-            .with_context(where_)?;
+        let mut out =
+            step_gradients_with(&model, params, &batch, self.spec, options).with_context(where_)?;
         drop(model);
         let grad_norm =
             clip_grad_norm(&mut out.grads, params, s.max_grad_norm).with_context(where_)?;
