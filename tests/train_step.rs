@@ -313,6 +313,26 @@ fn trains_writes_a_hugging_face_dir_and_skips_when_up_to_date() {
     let log = ok(&sc, "train-step", &with(args.clone(), &["--force"]));
     assert!(log.contains("step 4/4"), "{log}");
     assert!(std::fs::read(model.join("model.safetensors")).unwrap() == first);
+    // Activation checkpointing does not count either, and trains the same up to rounding.
+    let checkpointed = with(again.clone(), &["--gradient-checkpointing"]);
+    let log = ok(&sc, "train-step", &checkpointed);
+    assert!(log.contains("up to date"), "{log}");
+    let log = ok(&sc, "train-step", &with(checkpointed, &["--force"]));
+    assert!(log.contains("step 4/4"), "{log}");
+    let (_, recomputed) = read_rows::<TrainLogRow>(&out.join("train_log.parquet")).unwrap();
+    assert_eq!(recomputed.len(), log_rows.len());
+    for (a, b) in recomputed.iter().zip(&log_rows) {
+        let rel = |x: f64, y: f64| (x - y).abs() / y.abs();
+        assert!(
+            rel(a.loss, b.loss) < 1e-5 && rel(a.grad_norm, b.grad_norm) < 1e-4,
+            "step {}: loss {} vs {}, grad norm {} vs {}",
+            a.step,
+            a.loss,
+            b.loss,
+            a.grad_norm,
+            b.grad_norm
+        );
+    }
     // Another setting that shapes the result is not up to date.
     let log = ok(&sc, "train-step", &with(again, &["--seed", "3"]));
     assert!(log.contains("step 4/4"), "{log}");

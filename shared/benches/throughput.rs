@@ -5,13 +5,14 @@
 //!
 //!   cargo bench -p rspo --bench throughput -- --config bench/bench-40m.config.json \
 //!       [--device cpu|cuda[:N]] [--dtype f32|bf16] [--workloads generate,logprobs,train] [--runs N]
+//!       [--gradient-checkpointing]
 //!
 //! Workloads (DESIGN.md, "Benchmarks"), random weights (std 0.02):
 //! - generate: batch 8, prompt 32, 64 new tokens, T 0.7, top-p 0.9, KV cache;
 //! - logprobs: teacher-forced log-probs of batch 8 x 96 tokens (prompt 32, response 64);
 //! - train: one optimizer step over 8 x 128 tokens (prompt 32, response 96): forward,
 //!   backward, gradient clipping, AdamW; full fine-tuning, f32 master weights, passes in
-//!   `--dtype`.
+//!   `--dtype` (`--gradient-checkpointing`: each layer recomputed in the backward pass).
 
 mod common;
 
@@ -20,7 +21,8 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use rspo::model::{generate, random_weights, teacher_forced_logprobs, ModelConfig, Transformer};
 use rspo::train::{
-    clip_grad_norm, step_gradients, AdamWConfig, Example, Optimizer, OptimizerKind, TrainableModel,
+    clip_grad_norm, step_gradients_with, AdamWConfig, Example, Optimizer, OptimizerKind,
+    StepOptions, TrainableModel,
 };
 
 struct Args {
@@ -29,6 +31,7 @@ struct Args {
     dtype: Option<String>,
     workloads: Vec<String>,
     runs: usize,
+    gradient_checkpointing: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         dtype: None,
         workloads: vec!["generate".into(), "logprobs".into(), "train".into()],
         runs: 3,
+        gradient_checkpointing: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -61,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--runs: {e}"))?
             }
+            "--gradient-checkpointing" => args.gradient_checkpointing = true,
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -132,7 +137,13 @@ fn main() {
         let weights = random_weights(&cfg, 0.02, DType::F32, &device).expect("weights");
         let trainable = TrainableModel::full_mixed(cfg.clone(), &weights, dtype).expect("model");
         drop(weights);
-        let (tokens, secs) = bench_train(&trainable, args.runs, &cfg, sync);
+        let (tokens, secs) = bench_train(
+            &trainable,
+            args.runs,
+            &cfg,
+            args.gradient_checkpointing,
+            sync,
+        );
         report("train", tokens, secs, args.runs);
     }
 }
@@ -174,6 +185,7 @@ fn bench_train(
     trainable: &TrainableModel,
     runs: usize,
     cfg: &ModelConfig,
+    gradient_checkpointing: bool,
     sync: impl Fn(&Device),
 ) -> (usize, f64) {
     let (examples, spec) = common::train_workload(cfg.vocab_size);
@@ -186,7 +198,12 @@ fn bench_train(
     let device = trainable.model.device().clone();
     let mut step = || {
         let model = trainable.forward_model().expect("forward model");
-        let mut out = step_gradients(&model, &trainable.params, &batch, &spec, 8).expect("step");
+        let options = StepOptions {
+            micro_batch_size: 8,
+            gradient_checkpointing,
+        };
+        let mut out =
+            step_gradients_with(&model, &trainable.params, &batch, &spec, options).expect("step");
         clip_grad_norm(&mut out.grads, &trainable.params, 1.0).expect("clip");
         optimizer.step(&out.grads, 5e-7).expect("optimizer");
         assert!(out.values.loss.is_finite());

@@ -7,8 +7,9 @@ use candle_core::{DType, Tensor};
 use rspo::data::{FinishReason, LogprobRow, SampleRow, WinrateRow};
 use rspo::model::{Checkpoint, Weights};
 use rspo::train::{
-    build_examples, clip_grad_norm, grad_norm, step_gradients, AdamWConfig, ExampleInputs,
-    LossSpec, Optimizer, OptimizerKind, Regularizer, Selection, TrainableModel,
+    build_examples, clip_grad_norm, grad_norm, step_gradients, step_gradients_with, AdamWConfig,
+    ExampleInputs, LossSpec, Optimizer, OptimizerKind, Regularizer, Selection, StepOptions,
+    TrainableModel,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -164,7 +165,11 @@ fn loss_terms_and_gradients_match_pytorch() {
     let r = rows(&o);
     let trainable = policy_model();
     let mut report = String::new();
-    for result in &o.results {
+    // With activation checkpointing too: the layers recomputed in the backward pass.
+    let runs = [false, true]
+        .into_iter()
+        .flat_map(|ckpt| o.results.iter().map(move |result| (ckpt, result)));
+    for (gradient_checkpointing, result) in runs {
         let c = &result.config;
         let spec = LossSpec::new(1.0 / c.eta, c.terms.clone()).unwrap();
         let inputs = ExampleInputs {
@@ -178,7 +183,12 @@ fn loss_terms_and_gradients_match_pytorch() {
         };
         let examples = build_examples(&inputs, c.selection).unwrap();
         let refs: Vec<_> = examples.iter().collect();
-        let out = step_gradients(&trainable.model, &trainable.params, &refs, &spec, 64).unwrap();
+        let options = StepOptions {
+            micro_batch_size: 64,
+            gradient_checkpointing,
+        };
+        let out = step_gradients_with(&trainable.model, &trainable.params, &refs, &spec, options)
+            .unwrap();
 
         let mut worst_term = rel(out.values.self_play, result.terms["self_play"]);
         assert_eq!(out.values.terms.len() + 1, result.terms.len(), "{}", c.name);
@@ -214,10 +224,12 @@ fn loss_terms_and_gradients_match_pytorch() {
             .unwrap(),
             &result.grad_layer0_q_proj_row0,
         );
-        let line = format!(
-            "{:>24}: loss rel {loss_err:.1e}, worst term rel {worst_term:.1e}, grad norm rel \
+        let line =
+            format!(
+            "{:>24}{}: loss rel {loss_err:.1e}, worst term rel {worst_term:.1e}, grad norm rel \
              {norm_err:.1e}, slices worst |err| / (1e-4 + 1e-3 |want|) = {worst_slice:.2}\n",
-            c.name
+            c.name,
+            if gradient_checkpointing { " (checkpointed)" } else { "" }
         );
         report.push_str(&line);
         assert!(loss_err < 1e-4, "{line}");

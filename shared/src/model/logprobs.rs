@@ -85,11 +85,25 @@ pub fn teacher_forced_logprobs(
     model: &Transformer,
     batch: &[PromptResponse<'_>],
 ) -> Result<ResponseLogprobs> {
-    let seqs: Vec<Vec<u32>> = batch
+    let (hidden, _) = hidden_states(model, &sequences(batch))?;
+    logprobs_from_hidden(model, batch, &hidden)
+}
+
+/// Each row's prompt followed by its response.
+pub fn sequences(batch: &[PromptResponse<'_>]) -> Vec<Vec<u32>> {
+    batch
         .iter()
         .map(|pr| [pr.prompt, pr.response].concat())
-        .collect();
-    let (hidden, _) = hidden_states(model, &seqs)?;
+        .collect()
+}
+
+/// [`teacher_forced_logprobs`] from the final hidden states (rows, width, hidden) of the
+/// left-padded [`sequences`] of `batch`.
+pub fn logprobs_from_hidden(
+    model: &Transformer,
+    batch: &[PromptResponse<'_>],
+    hidden: &Tensor,
+) -> Result<ResponseLogprobs> {
     let (rows, width, h) = hidden.dims3()?;
 
     // Row r's response occupies its last `len` columns; column c predicts column c + 1.

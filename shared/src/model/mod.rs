@@ -5,6 +5,8 @@
 //!   base with the adapter merged in ([`PeftAdapter`]).
 //! - [`Transformer`]: the Llama-family decoder with a causal-LM or reward head.
 //! - [`teacher_forced_logprobs`]: per-token log-probs of responses, chunked over the vocabulary.
+//! - [`CheckpointedPass`]: activation checkpointing, a training pass that recomputes each layer
+//!   in its backward pass.
 //! - [`resolve_model`], [`model_ref`], [`parse_device`], [`dtype_for`]: a model as the command
 //!   line names it, its identity for fingerprints, and where and in what precision it runs.
 
@@ -19,6 +21,7 @@ mod generation;
 mod gguf;
 mod gguf_tokenizer;
 mod kv_cache;
+mod layer_recompute;
 mod logprobs;
 pub mod ops;
 pub mod peft;
@@ -39,9 +42,10 @@ pub use generation::{
 };
 pub use gguf::{gguf_file, GgufModel};
 pub use kv_cache::KvCache;
+pub use layer_recompute::CheckpointedPass;
 pub use logprobs::{
-    hidden_states, left_pad, sequence_scores, teacher_forced_logprobs, PromptResponse,
-    ResponseLogprobs,
+    hidden_states, left_pad, logprobs_from_hidden, sequence_scores, sequences,
+    teacher_forced_logprobs, PromptResponse, ResponseLogprobs,
 };
 pub use peft::{is_adapter_dir, PeftAdapter};
 pub use random_init::random_weights;

@@ -372,6 +372,15 @@ impl DecoderLayer {
     }
 }
 
+/// What every decoder layer of one forward pass shares: the rotary angles of each position,
+/// each row's left padding and the attention mask of each sliding window.
+pub(crate) struct LayerShared {
+    cos: Tensor,
+    sin: Tensor,
+    pads: Vec<usize>,
+    masks: Vec<(Option<usize>, Tensor)>,
+}
+
 /// The decoder stack with its head.
 #[derive(Clone)]
 pub struct Transformer {
@@ -432,6 +441,18 @@ impl Transformer {
     /// final-normed hidden states (b, t, hidden). The cache's left padding says where each
     /// row's real tokens start.
     pub fn forward_hidden(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let t = input_ids.dim(1)?;
+        let shared = self.layer_shared(input_ids, cache)?;
+        let mut x = self.embed(input_ids)?;
+        for i in 0..self.layers.len() {
+            x = self.layer_forward(i, &x, &shared, cache)?;
+        }
+        cache.advance(t);
+        self.final_norm(&x)
+    }
+
+    /// What every layer of the pass that runs `input_ids` after `cache`'s columns shares.
+    pub(crate) fn layer_shared(&self, input_ids: &Tensor, cache: &KvCache) -> Result<LayerShared> {
         let (b, t) = input_ids.dims2()?;
         let past = cache.len();
         let total = past + t;
@@ -451,40 +472,70 @@ impl Transformer {
         let (cos, sin) = self
             .rotary
             .cos_sin(&positions, self.dtype(), self.device())?;
-
         let pads: Vec<usize> = (0..b).map(|r| cache.pad(r)).collect();
-        let mut x = self
+        // One mask per distinct sliding window, in the order the layers first need them.
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for layer in &self.layers {
+            if !masks.iter().any(|(w, _)| *w == layer.sliding_window) {
+                let m = cache.attention_mask(t, layer.sliding_window, self.device())?;
+                masks.push((layer.sliding_window, m));
+            }
+        }
+        Ok(LayerShared {
+            cos,
+            sin,
+            pads,
+            masks,
+        })
+    }
+
+    /// The token embeddings of `input_ids` (b, t) -> (b, t, hidden).
+    pub(crate) fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        Ok(self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let mask = match masks.iter().find(|(w, _)| *w == layer.sliding_window) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let m = cache.attention_mask(t, layer.sliding_window, self.device())?;
-                    masks.push((layer.sliding_window, m.clone()));
-                    m
-                }
-            };
-            let residual = &x;
-            let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.self_attn.forward(
-                &h,
-                &cos,
-                &sin,
-                &mask,
-                &pads,
-                layer.sliding_window,
-                cache,
-                i,
-            )?;
-            let x1 = (residual + h)?;
-            let h = layer.post_attention_layernorm.forward(&x1)?;
-            x = (&x1 + layer.mlp.forward(&h)?)?;
-        }
-        cache.advance(t);
-        Ok(self.norm.forward(&x)?)
+            .reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Decoder layer `i` on its input `x` (b, t, hidden), its keys and values appended to `cache`.
+    pub(crate) fn layer_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        shared: &LayerShared,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let layer = &self.layers[i];
+        let mask = shared
+            .masks
+            .iter()
+            .find(|(w, _)| *w == layer.sliding_window)
+            .map(|(_, m)| m)
+            .expect("layer_shared makes every layer's mask");
+        let h = layer.input_layernorm.forward(x)?;
+        let h = layer.self_attn.forward(
+            &h,
+            &shared.cos,
+            &shared.sin,
+            mask,
+            &shared.pads,
+            layer.sliding_window,
+            cache,
+            i,
+        )?;
+        let x1 = (x + h)?;
+        let h = layer.post_attention_layernorm.forward(&x1)?;
+        Ok((&x1 + layer.mlp.forward(&h)?)?)
+    }
+
+    /// The norm after the last layer.
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.norm.forward(x)?)
+    }
+
+    pub(crate) fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// The weight of the vocabulary projection (vocab, hidden).

@@ -29,10 +29,10 @@ use crate::model::{
     dtype_for, model_ref, parse_device, resolve_model, Checkpoint, ModelConfig, Weights,
 };
 use crate::train::{
-    build_examples, clip_grad_norm, parse_regularizers, plan_steps, step_gradients,
+    build_examples, clip_grad_norm, parse_regularizers, plan_steps, step_gradients_with,
     write_adapter_dir, write_model_dir, AdamWConfig, Example, ExampleInputs, LinearSchedule,
-    LoraSpec, LossSpec, Optimizer, OptimizerKind, Regularizer, RmsPropConfig, Selection, StepPlan,
-    TrainableModel, Truncation,
+    LoraSpec, LossSpec, Optimizer, OptimizerKind, Regularizer, RmsPropConfig, Selection,
+    StepOptions, StepPlan, TrainableModel, Truncation,
 };
 
 /// The stage name in metadata and fingerprints.
@@ -125,6 +125,11 @@ pub struct TrainStepSettings {
     /// faster on CPU (SmolLM2-135M, 16 sequences a step: 4 at once peaks at 2.5 GB, not 15 GB).
     #[arg(long)]
     pub micro_batch_size: Option<usize>,
+    /// Activation checkpointing: keep only each decoder layer's input in the forward pass and
+    /// recompute the layer in the backward pass. The same gradients up to float rounding, for
+    /// less memory and one more forward pass of compute.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Clip the gradient's global L2 norm to this.
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
@@ -165,8 +170,8 @@ impl Settings for TrainStepSettings {
     const SECTION: &'static str = "train-step";
 }
 
-/// What shapes the trained model: the fingerprinted settings (no micro-batch size, device or
-/// state interval).
+/// What shapes the trained model: the fingerprinted settings (no micro-batch size, gradient
+/// checkpointing, device or state interval).
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainContent {
     pub regularizers: Vec<Regularizer>,
@@ -800,9 +805,12 @@ impl<'a> Training<'a> {
         let lr = self.schedule.lr(k as u64);
         let params = &self.trainable.params;
         let model = self.trainable.forward_model().with_context(where_)?;
-        let micro = s.micro_batch_size.unwrap_or(usize::MAX);
+        let options = StepOptions {
+            micro_batch_size: s.micro_batch_size.unwrap_or(usize::MAX),
+            gradient_checkpointing: s.gradient_checkpointing,
+        };
         let mut out =
-            step_gradients(&model, params, &batch, self.spec, micro).with_context(where_)?;
+            step_gradients_with(&model, params, &batch, self.spec, options).with_context(where_)?;
         drop(model);
         let grad_norm =
             clip_grad_norm(&mut out.grads, params, s.max_grad_norm).with_context(where_)?;

@@ -20,7 +20,9 @@
 //! Memory is bounded by the micro-batch: the step's sequences (selected samples, then reference
 //! samples) are run `micro_batch_size` at a time, and each micro-batch's share of L (computed by
 //! [`StepLoss`], see the `loss` module) is back-propagated at once and the gradients summed,
-//! which gives exactly the gradient of one big batch.
+//! which gives exactly the gradient of one big batch. With activation checkpointing
+//! ([`StepOptions::gradient_checkpointing`]) a micro-batch's forward pass keeps only each
+//! layer's input, and the layers are recomputed one at a time in its backward pass.
 
 use std::collections::HashMap;
 
@@ -31,7 +33,10 @@ use super::loss::{LossError, LossSpec, LossValues, SampleLogprobs, StepLoss};
 use super::rng::{permutation, SplitMix64};
 use super::selection::{Scored, Selection, SelectionError};
 use crate::data::{LogprobRow, SampleRow, WinrateRow};
-use crate::model::{teacher_forced_logprobs, ModelError, PromptResponse, Transformer};
+use crate::model::{
+    logprobs_from_hidden, sequences, teacher_forced_logprobs, CheckpointedPass, ModelError,
+    PromptResponse, ResponseLogprobs, Transformer,
+};
 
 /// One selected sample with everything the loss needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -446,9 +451,19 @@ fn accumulate(
     Ok(())
 }
 
+/// How a step's sequences go through the model.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptions {
+    /// Sequences run through the model at once.
+    pub micro_batch_size: usize,
+    /// Activation checkpointing: the forward pass keeps only each decoder layer's input and
+    /// the backward pass recomputes the layer (`model::CheckpointedPass`). The same gradients
+    /// up to float rounding, for less memory and one more forward pass.
+    pub gradient_checkpointing: bool,
+}
+
 /// The loss of the step made of `examples` and the gradients of `params` (the `Var`s `model`
 /// was built from), accumulated over micro-batches of at most `micro_batch_size` sequences.
-/// This is the function train-step runs for every optimizer step.
 pub fn step_gradients(
     model: &Transformer,
     params: &[(String, Var)],
@@ -456,6 +471,22 @@ pub fn step_gradients(
     spec: &LossSpec,
     micro_batch_size: usize,
 ) -> Result<StepGradients, BatchError> {
+    let options = StepOptions {
+        micro_batch_size,
+        gradient_checkpointing: false,
+    };
+    step_gradients_with(model, params, examples, spec, options)
+}
+
+/// [`step_gradients`] with every option: the function train-step runs for every optimizer step.
+pub fn step_gradients_with(
+    model: &Transformer,
+    params: &[(String, Var)],
+    examples: &[&Example],
+    spec: &LossSpec,
+    options: StepOptions,
+) -> Result<StepGradients, BatchError> {
+    let micro_batch_size = options.micro_batch_size;
     if micro_batch_size == 0 {
         return Err(BatchError::MicroBatchSize);
     }
@@ -482,47 +513,31 @@ pub fn step_gradients(
     for (m, chunk) in seqs.chunks(micro_batch_size).enumerate() {
         let pairs: Vec<PromptResponse> = chunk.iter().map(Seq::pair).collect();
         tokens += pairs.iter().map(|p| p.response.len() as u64).sum::<u64>();
-        let logprobs = teacher_forced_logprobs(model, &pairs)?;
-        // Samples come before reference samples, so a chunk is samples then references.
-        let picked: Vec<&TrainSample> = chunk
-            .iter()
-            .map_while(|s| match s {
-                Seq::Sample(s) => Some(*s),
-                Seq::Reference(_) => None,
-            })
-            .collect();
-        let (logp_t, logp_ref, winrates): (Vec<f64>, Vec<f64>, Vec<f64>) = (
-            picked.iter().map(|s| s.logp_t).collect(),
-            picked.iter().map(|s| s.logp_ref).collect(),
-            picked.iter().map(|s| s.winrate).collect(),
-        );
-        let sums = match picked.len() {
-            0 => None,
-            n => Some(logprobs.sums()?.narrow(0, 0, n)?),
+        let (logprobs, pass) = if options.gradient_checkpointing {
+            let (pass, hidden) = CheckpointedPass::forward(model, &sequences(&pairs))?;
+            (logprobs_from_hidden(model, &pairs, &hidden)?, Some(pass))
+        } else {
+            (teacher_forced_logprobs(model, &pairs)?, None)
         };
-        let samples = sums.as_ref().map(|logp_theta| SampleLogprobs {
-            logp_theta,
-            logp_t: &logp_t,
-            logp_ref: &logp_ref,
-            winrates: &winrates,
-        });
-        let sample_tokens: usize = pairs[..picked.len()].iter().map(|p| p.response.len()).sum();
-        let ref_tokens = logprobs.tokens.dim(0)? - sample_tokens;
-        let reference = match ref_tokens {
-            0 => None,
-            n => Some(logprobs.tokens.narrow(0, sample_tokens, n)?),
-        };
-        let share = loss
-            .add(samples.as_ref(), reference.as_ref())
-            .map_err(|source| BatchError::Loss {
-                micro: m + 1,
-                micros,
-                source,
-            })?;
+        let share = micro_batch_share(&mut loss, chunk, &pairs, &logprobs, (m + 1, micros))?;
+        drop(logprobs);
         // Nothing to add when nothing trainable influences this share (all coefficients 0 on a
         // reference-only micro-batch).
-        if let Some(share) = share.filter(Tensor::track_op) {
-            accumulate(&mut grads, share.backward()?, params)?;
+        let Some(share) = share.filter(Tensor::track_op) else {
+            continue;
+        };
+        let mut head = share.backward()?;
+        // The head's graph goes before the layers are recomputed.
+        drop(share);
+        match pass {
+            None => accumulate(&mut grads, head, params)?,
+            Some(pass) => {
+                let below = head.remove(pass.last());
+                accumulate(&mut grads, head, params)?;
+                if let Some(below) = below {
+                    pass.backward(model, below, |g| accumulate(&mut grads, g, params))?;
+                }
+            }
         }
     }
     for (name, var) in params {
@@ -537,6 +552,53 @@ pub fn step_gradients(
         tokens,
         micro_batches: micros,
     })
+}
+
+/// This micro-batch's share of the step's loss, from the log-probs of its sequences (`chunk`:
+/// samples, then reference samples), micro-batch `micro` of `micros`; None when it has no part
+/// in the loss.
+fn micro_batch_share(
+    loss: &mut StepLoss,
+    chunk: &[Seq],
+    pairs: &[PromptResponse],
+    logprobs: &ResponseLogprobs,
+    (micro, micros): (usize, usize),
+) -> Result<Option<Tensor>, BatchError> {
+    // Samples come before reference samples, so a chunk is samples then references.
+    let picked: Vec<&TrainSample> = chunk
+        .iter()
+        .map_while(|s| match s {
+            Seq::Sample(s) => Some(*s),
+            Seq::Reference(_) => None,
+        })
+        .collect();
+    let (logp_t, logp_ref, winrates): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        picked.iter().map(|s| s.logp_t).collect(),
+        picked.iter().map(|s| s.logp_ref).collect(),
+        picked.iter().map(|s| s.winrate).collect(),
+    );
+    let sums = match picked.len() {
+        0 => None,
+        n => Some(logprobs.sums()?.narrow(0, 0, n)?),
+    };
+    let samples = sums.as_ref().map(|logp_theta| SampleLogprobs {
+        logp_theta,
+        logp_t: &logp_t,
+        logp_ref: &logp_ref,
+        winrates: &winrates,
+    });
+    let sample_tokens: usize = pairs[..picked.len()].iter().map(|p| p.response.len()).sum();
+    let ref_tokens = logprobs.tokens.dim(0)? - sample_tokens;
+    let reference = match ref_tokens {
+        0 => None,
+        n => Some(logprobs.tokens.narrow(0, sample_tokens, n)?),
+    };
+    loss.add(samples.as_ref(), reference.as_ref())
+        .map_err(|source| BatchError::Loss {
+            micro,
+            micros,
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ pub mod truncation;
 
 pub use adamw::AdamWConfig;
 pub use batch::{
-    build_examples, plan_steps, step_gradients, BatchError, Example, ExampleInputs, RefSample,
-    StepGradients, StepPlan, TrainSample,
+    build_examples, plan_steps, step_gradients, step_gradients_with, BatchError, Example,
+    ExampleInputs, RefSample, StepGradients, StepOptions, StepPlan, TrainSample,
 };
 pub use clip::{clip_grad_norm, grad_norm, ClipError};
 pub use lora::{LoraError, LoraSpec};
