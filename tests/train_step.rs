@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use e2e::{bin, fails, fixture, max_abs_diff, ok, record_samples, s, Scratch, TrainInputs};
+use e2e::{
+    bin, fails, fixture, max_abs_diff, ok, record_samples, s, Scratch, TrainInputs, QUICK_ADAMW,
+};
 use rspo::data::{
     read_rows, write_rows, FileKind, FileMeta, LogprobRow, Message, PromptRow, TrainLogRow,
     WinrateRow,
@@ -163,16 +165,10 @@ fn leak_str(p: &Path) -> &'static str {
     s(p)
 }
 
-const TRAINING: &[&str] = &[
-    "--optimizer",
-    "adamw",
-    "--warmup-ratio",
-    "0",
-    "--batch-size",
-    "2",
-    "--epochs",
-    "2",
-];
+/// Two epochs of the tiny fixtures' short AdamW run.
+fn training() -> Vec<&'static str> {
+    [QUICK_ADAMW, &["--epochs", "2"]].concat()
+}
 
 fn safetensors_metadata(path: &Path) -> serde_json::Value {
     let bytes = std::fs::read(path).unwrap();
@@ -222,7 +218,7 @@ fn trains_writes_a_hugging_face_dir_and_skips_when_up_to_date() {
     let inputs = make_inputs(&sc);
     let out = sc.path("iter-1");
     let args = with(
-        with(leak(&inputs, &out), TRAINING),
+        with(leak(&inputs, &out), &training()),
         &[
             "--lr",
             "1e-3",
@@ -344,14 +340,14 @@ fn an_interrupted_run_resumes_where_it_stopped() {
     let inputs = make_inputs(&sc);
     let straight = sc.path("straight");
     let args = with(
-        with(leak(&inputs, &straight), TRAINING),
+        with(leak(&inputs, &straight), &training()),
         &["--preset", "sppo", "--lr", "1e-3"],
     );
     ok(&sc, "train-step", &args);
 
     let resumed = sc.path("resumed");
     let args = with(
-        with(leak(&inputs, &resumed), TRAINING),
+        with(leak(&inputs, &resumed), &training()),
         &["--preset", "sppo", "--lr", "1e-3"],
     );
     let out = Command::new(bin("train-step"))
@@ -391,7 +387,7 @@ fn lora_writes_a_peft_adapter_and_a_merged_checkpoint() {
     let inputs = make_inputs(&sc);
     let out = sc.path("lora");
     let args = with(
-        with(leak(&inputs, &out), TRAINING),
+        with(leak(&inputs, &out), &training()),
         &[
             "--lora-rank",
             "4",
@@ -576,10 +572,10 @@ fn length_limits_cut_the_sequences_as_the_official_trainer() {
     let sc = Scratch::new("train-step-truncation");
     let inputs = make_inputs(&sc);
     let (full_out, cut_out) = (sc.path("full"), sc.path("cut"));
-    let full = with(leak(&inputs, &full_out), TRAINING);
+    let full = with(leak(&inputs, &full_out), &training());
     ok(&sc, "train-step", &full);
     let limits = ["--max-length", "12", "--max-prompt-length", "8"];
-    let cut = with(with(leak(&inputs, &cut_out), TRAINING), &limits);
+    let cut = with(with(leak(&inputs, &cut_out), &training()), &limits);
     let log = ok(&sc, "train-step", &cut);
     assert!(
         log.contains("--max-length 12 --max-prompt-length 8: cut the prompt of"),
@@ -628,7 +624,7 @@ fn a_non_finite_loss_stops_before_any_checkpoint() {
     write_rows(&huge_ref, &meta, &rows).unwrap();
     let out = sc.path("out");
     let mut args = with(
-        with(leak(&inputs, &out), TRAINING),
+        with(leak(&inputs, &out), &training()),
         &["--lr", "1e-3", "--term", "chi2=0.1,clip=inf"],
     );
     let i = args
@@ -652,7 +648,7 @@ fn bf16_training_writes_a_bf16_checkpoint() {
     let inputs = make_inputs(&sc);
     let out = sc.path("bf16");
     let args = with(
-        with(leak(&inputs, &out), TRAINING),
+        with(leak(&inputs, &out), &training()),
         &["--lr", "1e-3", "--dtype", "bf16", "--preset", "rspo-paper"],
     );
     let log = ok(&sc, "train-step", &args);
