@@ -6,13 +6,9 @@ use rspo::model::{
     generate, Checkpoint, Finish, GenerationRequest, KvCache, SamplingParams, Transformer,
 };
 use serde_json::Value;
-use std::path::PathBuf;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
+mod support;
+use support::{fixture, TINY_POLICIES};
 
 fn expected(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
@@ -42,13 +38,7 @@ const GREEDY: SamplingParams = SamplingParams {
 
 #[test]
 fn temperature_zero_reproduces_greedy_tokens_alone_and_in_a_batch() {
-    for name in [
-        "tiny-llama",
-        "tiny-llama3",
-        "tiny-mistral",
-        "tiny-qwen2",
-        "tiny-qwen3",
-    ] {
+    for name in TINY_POLICIES {
         let model = load(name);
         let exp = expected(name);
         let g = &exp["greedy"];

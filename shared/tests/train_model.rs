@@ -14,11 +14,8 @@ use rspo::train::{
     TrainSample, TrainableModel,
 };
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
+mod support;
+use support::{fixture, TINY_POLICIES};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rspo-train-model-{name}-{}", std::process::id()));
@@ -296,13 +293,7 @@ fn gradient_checkpointing_gives_the_gradients_of_the_ordinary_pass() {
         targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
     };
     let vals = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-    for name in [
-        "tiny-llama",
-        "tiny-llama3",
-        "tiny-mistral",
-        "tiny-qwen2",
-        "tiny-qwen3",
-    ] {
+    for name in TINY_POLICIES {
         let ck = Checkpoint::open(&fixture(name)).unwrap();
         let w = Weights::load(&ck.dir, DType::F32, &Device::Cpu).unwrap();
         let full = TrainableModel::full(ck.config.clone(), &w).unwrap();

@@ -26,6 +26,15 @@ pub fn fixture(name: &str) -> PathBuf {
     fixtures_dir().join(name)
 }
 
+/// The tiny policy fixtures, one per architecture and tokenizer the model code supports.
+pub const TINY_POLICIES: [&str; 5] = [
+    "tiny-llama",
+    "tiny-llama3",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+];
+
 /// The device named by `RSPO_TEST_DEVICE`; a test run that names one it cannot open fails
 /// rather than falling back, so a GPU check never silently checks the CPU.
 pub fn test_device() -> Device {
