@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use rspo::model::{
-    generate, Checkpoint, Finish, GenerationRequest, KvCache, SamplingParams, Transformer,
+    generate, generate_continuously, Checkpoint, DecodeOptions, Finish, GenerationOutput,
+    GenerationRequest, KvCache, Sampler, SamplingParams, Transformer,
 };
 use serde_json::Value;
 
@@ -237,6 +238,93 @@ fn rows_sample_the_same_whatever_the_batch() {
         let alone = generate(&model, std::slice::from_ref(r), &params, 10, &[2], |_| {}).unwrap();
         assert_eq!(alone[0].response_ids, t.response_ids);
         assert!((alone[0].sample_logprob - t.sample_logprob).abs() < 1e-4);
+    }
+}
+
+/// Continuous batching: through a few slots, each finished row's slot taken by the next
+/// waiting request (prompts of different lengths, responses ending at different steps), every
+/// request decodes exactly as it does in one batch with all the others, bit for bit.
+#[test]
+fn refilled_slots_decode_as_one_batch_does() {
+    let model = load("tiny-llama");
+    let exp = expected("tiny-llama");
+    let prompts: Vec<Vec<u32>> = exp["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["input_ids"]))
+        .collect();
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+    };
+    // Short and long prompts in turn, so a long one often waits for a slot.
+    let requests: Vec<GenerationRequest> = (0..24)
+        .map(|i| {
+            let p = &prompts[i % prompts.len()];
+            GenerationRequest {
+                prompt_ids: p[..p.len() - (i % 4).min(p.len() - 1)].to_vec(),
+                seed: 500 + i as u64,
+            }
+        })
+        .collect();
+    // Many stop tokens: rows end early and at different steps.
+    let stop: Vec<u32> = (0..model.cfg.vocab_size as u32).step_by(9).collect();
+    let all = generate(&model, &requests, &params, 20, &stop, |_| {}).unwrap();
+    let lengths: std::collections::BTreeSet<usize> =
+        all.iter().map(|o| o.response_ids.len()).collect();
+    assert!(lengths.len() >= 4, "responses of many lengths: {lengths:?}");
+    assert!(all.iter().any(|o| o.finish == Finish::Eos));
+    assert!(all.iter().any(|o| o.finish == Finish::Length));
+    for max_rows in [1, 2, 3, 7] {
+        let options = DecodeOptions {
+            params: &params,
+            max_new_tokens: 20,
+            stop_tokens: &stop,
+            sampler: Sampler::Host,
+            max_rows,
+        };
+        let mut got: Vec<Option<GenerationOutput>> = vec![None; requests.len()];
+        let mut tokens = 0;
+        let mut order = Vec::new();
+        generate_continuously(
+            &model,
+            &requests,
+            &options,
+            |n| tokens += n,
+            |i, out| {
+                order.push(i);
+                got[i] = Some(out);
+                Ok::<(), rspo::model::ModelError>(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            tokens,
+            all.iter().map(|o| o.response_ids.len()).sum::<usize>(),
+            "max_rows {max_rows}: every token counted once"
+        );
+        if max_rows > 1 {
+            assert_ne!(
+                order,
+                (0..requests.len()).collect::<Vec<_>>(),
+                "max_rows {max_rows}: rows finish out of order"
+            );
+        }
+        for (i, (a, b)) in all.iter().zip(&got).enumerate() {
+            let b = b.as_ref().expect("every request finishes");
+            assert_eq!(
+                a.response_ids, b.response_ids,
+                "max_rows {max_rows}, request {i}"
+            );
+            assert_eq!(a.finish, b.finish, "max_rows {max_rows}, request {i}");
+            assert_eq!(
+                a.sample_logprob.to_bits(),
+                b.sample_logprob.to_bits(),
+                "max_rows {max_rows}, request {i}"
+            );
+        }
     }
 }
 

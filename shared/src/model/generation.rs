@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::device_sampling::sample_on_device;
 use super::kv_cache::KvCache;
@@ -78,7 +78,7 @@ pub fn generate(
     )
 }
 
-/// [`generate`] with the sampler chosen by the caller.
+/// [`generate`] with the sampler chosen by the caller: every request decoded in one batch.
 pub fn generate_with(
     model: &Transformer,
     requests: &[GenerationRequest],
@@ -86,105 +86,354 @@ pub fn generate_with(
     max_new_tokens: usize,
     stop_tokens: &[u32],
     sampler: Sampler,
-    mut on_step: impl FnMut(usize),
+    on_step: impl FnMut(usize),
 ) -> Result<Vec<GenerationOutput>> {
+    let options = DecodeOptions {
+        params,
+        max_new_tokens,
+        stop_tokens,
+        sampler,
+        max_rows: requests.len(),
+    };
+    let mut outputs: Vec<Option<GenerationOutput>> = vec![None; requests.len()];
+    generate_continuously(model, requests, &options, on_step, |i, out| {
+        outputs[i] = Some(out);
+        Ok::<(), ModelError>(())
+    })?;
+    Ok(outputs
+        .into_iter()
+        .map(|o| o.expect("every request finishes"))
+        .collect())
+}
+
+/// How [`generate_continuously`] decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions<'a> {
+    pub params: &'a SamplingParams,
+    pub max_new_tokens: usize,
+    pub stop_tokens: &'a [u32],
+    pub sampler: Sampler,
+    /// Rows decoded together (at least 1).
+    pub max_rows: usize,
+}
+
+/// Decodes every request with continuous batching: at most `max_rows` rows run together, and
+/// a row that finishes hands its slot (its row of the preallocated cache) to the next waiting
+/// request, so the batch stays full until the queue runs dry. `on_done(i, output)` gets each
+/// request as it finishes; `on_step(tokens)` how many tokens each step produced. A row's
+/// numbers never depend on the rest of the batch (on the CPU: see the transformer's decoding
+/// step), so the outputs are those of decoding each request alone, whatever `max_rows` is.
+pub fn generate_continuously<E: From<ModelError>>(
+    model: &Transformer,
+    requests: &[GenerationRequest],
+    options: &DecodeOptions,
+    mut on_step: impl FnMut(usize),
+    mut on_done: impl FnMut(usize, GenerationOutput) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let limit = model.cfg.max_position_embeddings;
     for r in requests {
         if r.prompt_ids.is_empty() || r.prompt_ids.len() >= limit {
             return Err(ModelError::TooLong {
                 found: r.prompt_ids.len(),
                 limit,
-            });
+            }
+            .into());
         }
     }
-    let mut outputs: Vec<GenerationOutput> = requests
-        .iter()
-        .map(|_| GenerationOutput {
-            response_ids: Vec::new(),
-            finish: Finish::Length,
-            sample_logprob: 0.0,
-        })
-        .collect();
     // Each row may not grow past the context either.
     let budget: Vec<usize> = requests
         .iter()
-        .map(|r| max_new_tokens.min(limit - r.prompt_ids.len()))
+        .map(|r| options.max_new_tokens.min(limit - r.prompt_ids.len()))
         .collect();
-    // The cache's rows, in order: which request each is, with its random stream.
-    let mut active: Vec<(usize, RowRng)> = (0..requests.len())
-        .filter(|&i| budget[i] > 0)
-        .map(|i| (i, RowRng::new(requests[i].seed)))
-        .collect();
-    if active.is_empty() {
-        return Ok(outputs);
+    let mut waiting: VecDeque<usize> = VecDeque::new();
+    for (i, &b) in budget.iter().enumerate() {
+        if b == 0 {
+            on_done(i, GenerationOutput::empty())?;
+        } else {
+            waiting.push_back(i);
+        }
     }
-    let rows: Vec<&[u32]> = active
-        .iter()
-        .map(|&(i, _)| requests[i].prompt_ids.as_slice())
-        .collect();
-    let (mut cache, mut logits) = prefill(model, &rows)?;
-    // Room for every column the longest row can reach: each step writes in place.
-    let longest = active.iter().map(|&(i, _)| budget[i]).max().unwrap_or(0);
-    cache.reserve(cache.len() + longest)?;
-    let dev = model.device().clone();
-
+    let mut prefills = Prefills::new(model, requests, &waiting);
+    let mut batch = match Batch::start(requests, &budget, options, &mut waiting, &mut prefills)? {
+        Some(batch) => batch,
+        None => return Ok(()),
+    };
     loop {
-        let picks = choose(&logits, &mut active, params, sampler)?;
+        let picks = choose(
+            &batch.logits,
+            &mut batch.rows,
+            options.params,
+            options.sampler,
+        )?;
         on_step(picks.len());
-
-        let mut keep_rows = Vec::with_capacity(active.len());
-        let mut next = Vec::with_capacity(active.len());
-        for (row, (&(i, _), &(tok, lp))) in active.iter().zip(&picks).enumerate() {
-            let out = &mut outputs[i];
-            out.response_ids.push(tok);
-            out.sample_logprob += lp;
-            if stop_tokens.contains(&tok) {
-                out.finish = Finish::Eos;
-            } else if out.response_ids.len() >= budget[i] {
-                out.finish = Finish::Length;
-            } else {
-                keep_rows.push(row);
-                next.push(tok);
+        let mut free = Vec::new();
+        for (slot, &pick) in picks.iter().enumerate() {
+            if let Some(out) = batch.record(slot, pick, &budget, options.stop_tokens) {
+                on_done(batch.rows[slot].0, out)?;
+                free.push(slot);
             }
         }
-        if keep_rows.is_empty() {
-            break;
-        }
-        cache.retain_rows(&keep_rows)?;
-        let mut kept = Vec::with_capacity(keep_rows.len());
-        for (row, a) in active.into_iter().enumerate() {
-            if keep_rows.binary_search(&row).is_ok() {
-                kept.push(a);
+        for slot in free {
+            let refill = batch.refill(
+                slot,
+                requests,
+                &budget,
+                options,
+                &mut waiting,
+                &mut prefills,
+            )?;
+            on_step(refill.tokens);
+            for (i, out) in refill.finished {
+                on_done(i, out)?;
             }
         }
-        active = kept;
-        let input = Tensor::from_vec(next, (active.len(), 1), &dev)?;
-        let hidden = model.forward_hidden(&input, &mut cache)?;
-        logits = model.logits(&hidden)?.squeeze(1)?;
+        if !batch.drop_free_rows()? {
+            return Ok(());
+        }
+        batch.step(model)?;
     }
-    Ok(outputs)
 }
 
-/// Prefills each distinct prompt alone (a row's numbers never depend on its batch, and the K
-/// samples of a prompt share one prefill) and joins them into one left-padded batch: the cache
-/// and the next-token logits (rows, vocab), in `rows` order.
-fn prefill(model: &Transformer, rows: &[&[u32]]) -> Result<(KvCache, Tensor)> {
-    let dev = model.device();
-    let mut prefilled: HashMap<&[u32], (KvCache, Tensor)> = HashMap::new();
-    for &prompt in rows {
-        if prefilled.contains_key(prompt) {
-            continue;
+impl GenerationOutput {
+    fn empty() -> Self {
+        GenerationOutput {
+            response_ids: Vec::new(),
+            finish: Finish::Length,
+            sample_logprob: 0.0,
         }
-        let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
-        let ids = Tensor::new(prompt, dev)?.unsqueeze(0)?;
-        let hidden = model.forward_hidden(&ids, &mut cache)?;
-        let last = hidden.narrow(1, prompt.len() - 1, 1)?;
-        let logits = model.logits(&last)?.squeeze(1)?;
-        prefilled.insert(prompt, (cache, logits));
     }
-    let caches: Vec<KvCache> = rows.iter().map(|p| prefilled[p].0.clone()).collect();
-    let logits: Vec<&Tensor> = rows.iter().map(|p| &prefilled[p].1).collect();
-    Ok((KvCache::stack(&caches)?, Tensor::cat(&logits, 0)?))
+}
+
+/// The prefill of each distinct prompt, done alone (a row's numbers never depend on its batch)
+/// once for all the prompt's requests, and kept until the last of them is admitted.
+struct Prefills<'m> {
+    model: &'m Transformer,
+    /// Per prompt: its cache and next-token logits (1, vocab), and how many requests still
+    /// waiting use it.
+    done: HashMap<Vec<u32>, (KvCache, Tensor, usize)>,
+    uses: HashMap<Vec<u32>, usize>,
+}
+
+impl<'m> Prefills<'m> {
+    fn new(
+        model: &'m Transformer,
+        requests: &[GenerationRequest],
+        waiting: &VecDeque<usize>,
+    ) -> Self {
+        let mut uses: HashMap<Vec<u32>, usize> = HashMap::new();
+        for &i in waiting {
+            *uses.entry(requests[i].prompt_ids.clone()).or_default() += 1;
+        }
+        Prefills {
+            model,
+            done: HashMap::new(),
+            uses,
+        }
+    }
+
+    /// The prompt's cache and logits, computing them on first use.
+    fn take(&mut self, prompt: &[u32]) -> Result<(KvCache, Tensor)> {
+        if !self.done.contains_key(prompt) {
+            let uses = self.uses.remove(prompt).unwrap_or(1);
+            let (cache, logits) = prefill(self.model, prompt)?;
+            self.done.insert(prompt.to_vec(), (cache, logits, uses));
+        }
+        let entry = self.done.get_mut(prompt).expect("inserted above");
+        entry.2 -= 1;
+        let out = (entry.0.clone(), entry.1.clone());
+        if entry.2 == 0 {
+            self.done.remove(prompt);
+        }
+        Ok(out)
+    }
+}
+
+/// The prompt's cache (one row, no padding) and its next-token logits (1, vocab).
+fn prefill(model: &Transformer, prompt: &[u32]) -> Result<(KvCache, Tensor)> {
+    let mut cache = KvCache::new(model.cfg.num_hidden_layers, vec![0]);
+    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+    let hidden = model.forward_hidden(&ids, &mut cache)?;
+    let last = hidden.narrow(1, prompt.len() - 1, 1)?;
+    let logits = model.logits(&last)?.squeeze(1)?;
+    Ok((cache, logits))
+}
+
+/// The rows decoding together: the cache's rows in order, each a request (or `None`: a slot
+/// whose request finished and that nothing waiting could take) with its random stream.
+struct Batch {
+    cache: KvCache,
+    rows: Vec<(usize, RowRng)>,
+    live: Vec<bool>,
+    /// Each row's response so far.
+    outputs: Vec<GenerationOutput>,
+    /// Each row's last token, the next step's input.
+    next: Vec<u32>,
+    /// Next-token logits (rows, vocab).
+    logits: Tensor,
+    /// Columns that any prompt needs: a refilled slot's prompt ends at the last column.
+    width: usize,
+}
+
+/// The entries of `v` at the (ascending) positions `keep`.
+fn keep_only<T>(v: &mut Vec<T>, keep: &[usize]) {
+    let old = std::mem::take(v);
+    *v = old
+        .into_iter()
+        .enumerate()
+        .filter(|(r, _)| keep.binary_search(r).is_ok())
+        .map(|(_, x)| x)
+        .collect();
+}
+
+/// What refilling one slot produced: the tokens sampled, and the requests that finished on
+/// their first token (the slot then went to the next one).
+struct Refill {
+    tokens: usize,
+    finished: Vec<(usize, GenerationOutput)>,
+}
+
+impl Batch {
+    /// The first `max_rows` waiting requests, prefilled and joined into one left-padded batch
+    /// as wide as the longest prompt of all; `None` when nothing waits.
+    fn start(
+        requests: &[GenerationRequest],
+        budget: &[usize],
+        options: &DecodeOptions,
+        waiting: &mut VecDeque<usize>,
+        prefills: &mut Prefills,
+    ) -> Result<Option<Self>> {
+        let n = options.max_rows.max(1).min(waiting.len());
+        if n == 0 {
+            return Ok(None);
+        }
+        let width = waiting
+            .iter()
+            .map(|&i| requests[i].prompt_ids.len())
+            .max()
+            .unwrap_or(0);
+        let mut caches = Vec::with_capacity(n);
+        let mut logits = Vec::with_capacity(n);
+        let mut rows = Vec::with_capacity(n);
+        for i in waiting.drain(..n) {
+            let (c, l) = prefills.take(&requests[i].prompt_ids)?;
+            caches.push(c);
+            logits.push(l);
+            rows.push((i, RowRng::new(requests[i].seed)));
+        }
+        let mut cache = KvCache::stack(&caches, width)?;
+        let longest = rows.iter().map(|&(i, _)| budget[i]).max().unwrap_or(0);
+        // Alone, a batch needs room for its longest response; refilled, a slot's new request
+        // starts at the last column, and the leading padding is dropped when room runs out.
+        let capacity = if waiting.is_empty() {
+            width + longest
+        } else {
+            2 * (width + budget.iter().copied().max().unwrap_or(0))
+        };
+        cache.reserve(capacity)?;
+        Ok(Some(Batch {
+            cache,
+            live: vec![true; n],
+            outputs: vec![GenerationOutput::empty(); n],
+            next: vec![0; n],
+            logits: Tensor::cat(&logits, 0)?,
+            rows,
+            width,
+        }))
+    }
+
+    /// Adds the token chosen for `slot`; returns the request's output if it has finished.
+    fn record(
+        &mut self,
+        slot: usize,
+        (tok, lp): (u32, f64),
+        budget: &[usize],
+        stop_tokens: &[u32],
+    ) -> Option<GenerationOutput> {
+        let out = &mut self.outputs[slot];
+        out.response_ids.push(tok);
+        out.sample_logprob += lp;
+        self.next[slot] = tok;
+        let finish = if stop_tokens.contains(&tok) {
+            Finish::Eos
+        } else if out.response_ids.len() >= budget[self.rows[slot].0] {
+            Finish::Length
+        } else {
+            return None;
+        };
+        self.live[slot] = false;
+        let mut out = std::mem::replace(out, GenerationOutput::empty());
+        out.finish = finish;
+        Some(out)
+    }
+
+    /// Gives the finished `slot` to the next waiting request: its prefill goes into the slot's
+    /// row of the cache and its first token is chosen from the prefill's logits. A request that
+    /// finishes on that token is reported and the slot goes to the next one.
+    fn refill(
+        &mut self,
+        slot: usize,
+        requests: &[GenerationRequest],
+        budget: &[usize],
+        options: &DecodeOptions,
+        waiting: &mut VecDeque<usize>,
+        prefills: &mut Prefills,
+    ) -> Result<Refill> {
+        let mut refill = Refill {
+            tokens: 0,
+            finished: Vec::new(),
+        };
+        while let Some(i) = waiting.pop_front() {
+            let (single, logits) = prefills.take(&requests[i].prompt_ids)?;
+            self.rows[slot] = (i, RowRng::new(requests[i].seed));
+            let pick = choose(
+                &logits,
+                std::slice::from_mut(&mut self.rows[slot]),
+                options.params,
+                options.sampler,
+            )?[0];
+            refill.tokens += 1;
+            self.live[slot] = true;
+            if let Some(out) = self.record(slot, pick, budget, options.stop_tokens) {
+                refill.finished.push((i, out));
+                continue;
+            }
+            if self.cache.len() + 1 > self.cache.capacity() {
+                let room = self.cache.len() - self.width;
+                self.cache.drop_leading_padding(room)?;
+            }
+            self.cache.replace_row(slot, &single)?;
+            break;
+        }
+        Ok(refill)
+    }
+
+    /// Removes the slots nothing could refill (the queue is empty); false when no row is left.
+    fn drop_free_rows(&mut self) -> Result<bool> {
+        let keep: Vec<usize> = (0..self.rows.len()).filter(|&r| self.live[r]).collect();
+        if keep.is_empty() {
+            return Ok(false);
+        }
+        if keep.len() < self.rows.len() {
+            self.cache.retain_rows(&keep)?;
+            keep_only(&mut self.rows, &keep);
+            keep_only(&mut self.outputs, &keep);
+            keep_only(&mut self.next, &keep);
+            self.live.retain(|&l| l);
+        }
+        Ok(true)
+    }
+
+    /// One column for every row: feeds each row's last token and keeps the next logits.
+    fn step(&mut self, model: &Transformer) -> Result<()> {
+        if self.cache.len() + 1 > self.cache.capacity() {
+            let room = self.cache.len() - self.width;
+            self.cache.drop_leading_padding(room)?;
+        }
+        let input = Tensor::from_vec(self.next.clone(), (self.rows.len(), 1), model.device())?;
+        let hidden = model.forward_hidden(&input, &mut self.cache)?;
+        self.logits = model.logits(&hidden)?.squeeze(1)?;
+        Ok(())
+    }
 }
 
 /// Each row's next token and its raw log-prob, from logits (rows, vocab). A sampling row draws

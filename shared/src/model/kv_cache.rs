@@ -177,6 +177,60 @@ impl KvCache {
         Ok(())
     }
 
+    /// Puts a single-row cache (no padding) into row `row`, as its last columns: the row's
+    /// earlier occupant is forgotten (its columns become this row's padding, which attention
+    /// never reads). Needs room reserved and no more columns than the batch has so far.
+    pub fn replace_row(&mut self, row: usize, single: &KvCache) -> Result<()> {
+        let p = single.len;
+        assert!(
+            self.capacity > 0 && p <= self.len && row < self.rows(),
+            "replace_row: row {row} of {}, {p} columns into {} (capacity {})",
+            self.rows(),
+            self.len,
+            self.capacity
+        );
+        for (mine, theirs) in self.layers.iter().zip(&single.layers) {
+            if let (Some((kb, vb)), Some((k, v))) = (mine, theirs) {
+                let slot = |b: &Tensor| b.narrow(0, row, 1);
+                slot(kb)?.slice_set(&k.narrow(2, 0, p)?.contiguous()?, 2, self.len - p)?;
+                slot(vb)?.slice_set(&v.narrow(2, 0, p)?.contiguous()?, 2, self.len - p)?;
+            }
+        }
+        self.pad[row] = self.len - p;
+        Ok(())
+    }
+
+    /// Columns reserved in place (0: none).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Drops up to `at_most` leading columns that are padding for every row, moving the rest
+    /// to the front of the reserved buffers (one copy of the live columns): a batch whose rows
+    /// keep being replaced gets its room back. Returns how many columns went.
+    pub fn drop_leading_padding(&mut self, at_most: usize) -> Result<usize> {
+        let drop = self.min_pad().min(at_most);
+        if drop == 0 {
+            return Ok(0);
+        }
+        let (rows, keep) = (self.rows(), self.len - drop);
+        for (k, v) in self.layers.iter().flatten() {
+            for b in [k, v] {
+                // A copy of its own: the source and the target overlap.
+                let live = b.narrow(0, 0, rows)?.narrow(2, drop, keep)?;
+                let live = if live.is_contiguous() {
+                    live.copy()?
+                } else {
+                    live.contiguous()?
+                };
+                b.narrow(0, 0, rows)?.slice_set(&live, 2, 0)?;
+            }
+        }
+        self.pad.iter_mut().for_each(|p| *p -= drop);
+        self.len = keep;
+        Ok(drop)
+    }
+
     /// Additive mask (rows, 1, t, len + t) for the next `t` columns: a query sees keys at or
     /// before its column, never padding, and with a window only keys less than `window`
     /// positions back. A padding query sees only itself, which keeps its softmax finite.
@@ -213,10 +267,11 @@ fn reserved(t: &Tensor, capacity: usize, at: usize) -> Result<Tensor> {
 }
 
 impl KvCache {
-    /// Joins single-row caches (no padding) into one left-padded batch cache.
-    pub fn stack(rows: &[KvCache]) -> Result<Self> {
+    /// Joins single-row caches (no padding) into one left-padded batch cache of `width`
+    /// columns, or as many as the longest row has if that is more.
+    pub fn stack(rows: &[KvCache], width: usize) -> Result<Self> {
         let num_layers = rows.first().map_or(0, |c| c.layers.len());
-        let total = rows.iter().map(|c| c.len).max().unwrap_or(0);
+        let total = rows.iter().map(|c| c.len).max().unwrap_or(0).max(width);
         let pad: Vec<usize> = rows.iter().map(|c| total - c.len).collect();
         let mut layers = Vec::with_capacity(num_layers);
         for l in 0..num_layers {

@@ -38,7 +38,8 @@ pub use device::{dtype_for, dtype_name, parse_device};
 pub use device_sampling::sample_on_device;
 pub use error::{ModelError, Result};
 pub use generation::{
-    generate, generate_with, Finish, GenerationOutput, GenerationRequest, Sampler,
+    generate, generate_continuously, generate_with, DecodeOptions, Finish, GenerationOutput,
+    GenerationRequest, Sampler,
 };
 pub use gguf::{gguf_file, GgufModel};
 pub use kv_cache::KvCache;

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +20,9 @@ use crate::data::{
     PromptOptions, PromptRow, SampleRow,
 };
 use crate::model::{
-    dtype_for, generate, model_ref, parse_device, resolve_model, Checkpoint, Finish,
-    GenerationRequest, SamplingParams, Transformer,
+    dtype_for, generate_continuously, model_ref, parse_device, resolve_model, Checkpoint,
+    DecodeOptions, Finish, GenerationOutput, GenerationRequest, Sampler, SamplingParams,
+    Transformer,
 };
 
 /// The `[generate]` section of a pipeline file; flags override it.
@@ -158,15 +160,18 @@ pub fn sample(job: &SampleJob) -> Result<Outcome> {
         .collect();
     let mut progress = Progress::new("generate", prompts.len() as u64, "tokens");
     progress.advance((prompts.len() - pending.len()) as u64);
-    let per_batch = (s.batch_size / s.k as usize).max(1);
-    for group in pending.chunks(per_batch) {
-        let batch: Vec<(&PromptRow, &RenderedPrompt)> =
-            group.iter().map(|&i| (&prompts[i], &rendered[i])).collect();
-        let rows = sample_batch((job.model, &model), &ck, s, &batch, &mut progress)?;
-        let keys: Vec<&str> = batch.iter().map(|(p, _)| p.prompt_id.as_str()).collect();
-        store.write_chunk(&keys, &rows)?;
-        progress.advance(group.len() as u64);
-    }
+    let todo: Vec<(&PromptRow, &RenderedPrompt)> = pending
+        .iter()
+        .map(|&i| (&prompts[i], &rendered[i]))
+        .collect();
+    sample_all(
+        (job.model, &model),
+        &ck,
+        s,
+        &todo,
+        &mut progress,
+        |keys, rows| Ok(store.write_chunk(keys, rows)?),
+    )?;
     progress.finish();
     let order: HashMap<&str, usize> = prompts
         .iter()
@@ -248,21 +253,25 @@ fn render_prompts(
         .collect()
 }
 
-/// K samples of each prompt of `batch`, decoded together, as rows.
-fn sample_batch(
+/// K samples of each prompt of `todo`, decoded `--batch-size` rows at a time with continuous
+/// batching; `write(prompt ids, rows)` gets the prompts whose K samples are done, `batch_size /
+/// k` of them (at least one) at a time: the resumable chunks.
+fn sample_all(
     (label, model): (&str, &Transformer),
     ck: &Checkpoint,
     s: &GenerateSettings,
-    batch: &[(&PromptRow, &RenderedPrompt)],
+    todo: &[(&PromptRow, &RenderedPrompt)],
     progress: &mut Progress,
-) -> Result<Vec<SampleRow>> {
+    mut write: impl FnMut(&[&str], &[SampleRow]) -> Result<()>,
+) -> Result<()> {
     let params = SamplingParams {
         temperature: s.temperature,
         top_p: s.top_p,
         top_k: s.top_k,
     };
-    let mut requests = Vec::new();
-    for (prompt, rendered) in batch {
+    let k = s.k as usize;
+    let mut requests = Vec::with_capacity(todo.len() * k);
+    for (prompt, rendered) in todo {
         for sample_idx in 0..s.k {
             requests.push(GenerationRequest {
                 prompt_ids: rendered.ids.clone(),
@@ -270,40 +279,95 @@ fn sample_batch(
             });
         }
     }
-    let outputs = generate(
+    let options = DecodeOptions {
+        params: &params,
+        max_new_tokens: s.max_new_tokens,
+        stop_tokens: &ck.stop_tokens,
+        sampler: Sampler::for_device(model.device()),
+        max_rows: s.batch_size,
+    };
+    let per_chunk = (s.batch_size / k).max(1);
+    let progress = RefCell::new(progress);
+    let mut outputs: Vec<Option<GenerationOutput>> = vec![None; requests.len()];
+    let mut left = vec![k; todo.len()];
+    let mut complete: Vec<usize> = Vec::new();
+    let mut flush = |complete: &mut Vec<usize>, outputs: &mut [Option<GenerationOutput>]| {
+        complete.sort_unstable();
+        let mut rows = Vec::with_capacity(complete.len() * k);
+        for &p in complete.iter() {
+            for j in 0..k {
+                let out = outputs[p * k + j].take().expect("finished");
+                rows.push(sample_row(
+                    label,
+                    ck,
+                    todo[p],
+                    j,
+                    &requests[p * k + j],
+                    out,
+                )?);
+            }
+        }
+        let keys: Vec<&str> = complete
+            .iter()
+            .map(|&p| todo[p].0.prompt_id.as_str())
+            .collect();
+        write(&keys, &rows)?;
+        progress.borrow_mut().advance(complete.len() as u64);
+        complete.clear();
+        anyhow::Ok(())
+    };
+    generate_continuously(
         model,
         &requests,
-        &params,
-        s.max_new_tokens,
-        &ck.stop_tokens,
-        |n| progress.add_units(n as u64),
+        &options,
+        |n| progress.borrow_mut().add_units(n as u64),
+        |r, out| {
+            outputs[r] = Some(out);
+            left[r / k] -= 1;
+            if left[r / k] == 0 {
+                complete.push(r / k);
+            }
+            if complete.len() >= per_chunk {
+                flush(&mut complete, &mut outputs)?;
+            }
+            anyhow::Ok(())
+        },
     )?;
-    let mut rows = Vec::with_capacity(outputs.len());
-    for (r, (req, out)) in requests.iter().zip(outputs).enumerate() {
-        let (prompt, rendered) = batch[r / s.k as usize];
-        ensure!(
-            out.sample_logprob.is_finite(),
-            "--model {label}: prompt {:?}, sample {}: the log-prob of the sampled response is {}; \
-             expected a finite number (are the weights or the logits NaN?)",
-            prompt.prompt_id,
-            r % s.k as usize,
-            out.sample_logprob
-        );
-        rows.push(SampleRow {
-            prompt_id: prompt.prompt_id.clone(),
-            sample_idx: (r % s.k as usize) as u32,
-            messages: prompt.messages.clone(),
-            prompt_text: rendered.text.clone(),
-            response: ck.decode(&out.response_ids)?,
-            prompt_token_ids: req.prompt_ids.clone(),
-            response_token_ids: out.response_ids,
-            finish_reason: match out.finish {
-                Finish::Eos => FinishReason::Eos,
-                Finish::Length => FinishReason::Length,
-            },
-            sample_logprob: out.sample_logprob,
-            seed: req.seed,
-        });
+    if !complete.is_empty() {
+        flush(&mut complete, &mut outputs)?;
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// Sample `sample_idx` of a prompt as a row of samples.parquet.
+fn sample_row(
+    label: &str,
+    ck: &Checkpoint,
+    (prompt, rendered): (&PromptRow, &RenderedPrompt),
+    sample_idx: usize,
+    req: &GenerationRequest,
+    out: GenerationOutput,
+) -> Result<SampleRow> {
+    ensure!(
+        out.sample_logprob.is_finite(),
+        "--model {label}: prompt {:?}, sample {sample_idx}: the log-prob of the sampled response \
+         is {}; expected a finite number (are the weights or the logits NaN?)",
+        prompt.prompt_id,
+        out.sample_logprob
+    );
+    Ok(SampleRow {
+        prompt_id: prompt.prompt_id.clone(),
+        sample_idx: sample_idx as u32,
+        messages: prompt.messages.clone(),
+        prompt_text: rendered.text.clone(),
+        response: ck.decode(&out.response_ids)?,
+        prompt_token_ids: req.prompt_ids.clone(),
+        response_token_ids: out.response_ids,
+        finish_reason: match out.finish {
+            Finish::Eos => FinishReason::Eos,
+            Finish::Length => FinishReason::Length,
+        },
+        sample_logprob: out.sample_logprob,
+        seed: req.seed,
+    })
 }
