@@ -34,6 +34,27 @@ pub fn generate_workload(vocab: usize) -> (Vec<GenerationRequest>, SamplingParam
     (requests, params)
 }
 
+/// generate as users run it: 16 prompts of 16 to 46 tokens x K 4 samples, T 0.7, top-p 0.9,
+/// at most 64 new tokens; every 24th token id stops a row, so responses end at different
+/// lengths (about 24 tokens on average on a random model).
+pub fn eos_workload(vocab: usize) -> (Vec<GenerationRequest>, SamplingParams, Vec<u32>) {
+    let requests = (0..16u32)
+        .flat_map(|p| {
+            (0..4u64).map(move |k| GenerationRequest {
+                prompt_ids: token_ids(p + 200, 16 + 2 * p, 0, vocab),
+                seed: p as u64 * 4 + k,
+            })
+        })
+        .collect();
+    let params = SamplingParams {
+        temperature: 0.7,
+        top_p: 0.9,
+        top_k: 0,
+    };
+    let stop = (0..vocab as u32).step_by(24).collect();
+    (requests, params, stop)
+}
+
 /// logprobs: 8 sequences of 96 tokens, a 32-token prompt and a 64-token response each.
 pub fn logprob_sequences(vocab: usize) -> Vec<Vec<u32>> {
     (0..8u32)
