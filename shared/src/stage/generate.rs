@@ -49,8 +49,8 @@ pub struct GenerateSettings {
     /// The RSPO iteration (part of each row's seed).
     #[arg(long, default_value_t = 1)]
     pub iteration: u32,
-    /// Rows decoded together (log-probs: rows per resumable chunk, each scored alone); never
-    /// changes the output.
+    /// Rows decoded together, a finished row's slot going to the next waiting sample (log-probs:
+    /// rows per resumable chunk, each scored alone); never changes the output.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Read prompts from this column instead of `prompt` / `messages`.
