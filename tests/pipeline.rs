@@ -286,7 +286,10 @@ fn the_report_renders_in_chromium(t: &Scratch, eval: &Path, rows: &[EvalRow]) {
         shown.log
     );
     let dom = &shown.dom;
-    assert!(dom.contains("prompt q2") && dom.contains("Count to three."), "{dom}");
+    assert!(
+        dom.contains("prompt q2") && dom.contains("Count to three."),
+        "{dom}"
+    );
     assert!(!dom.contains("Name a fruit."), "only q2 is listed: {dom}");
     for r in rows.iter().filter(|r| r.prompt_id == "q2") {
         assert!(

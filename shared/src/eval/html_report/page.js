@@ -88,7 +88,8 @@
       meta.append(el('span', '', 'score ' + fixed(r[SCORE], 3) + ' vs baseline ' + fixed(r[SCORE_BASELINE], 3)));
     }
     if (r[P_FORWARD] !== null && r[P_SWAPPED] !== null) {
-      meta.append(el('span', '', 'shown first: ' + fixed(r[P_FORWARD], 3) + ' · shown second: ' + fixed(r[P_SWAPPED], 3)));
+      meta.append(el('span', '', 'P(win) with the response shown first ' + fixed(r[P_FORWARD], 3) +
+        ', second ' + fixed(r[P_SWAPPED], 3)));
       if ((r[P_FORWARD] > 0.5) !== (r[P_SWAPPED] > 0.5)) meta.append(el('span', 'badge bias', 'orders disagree'));
     }
   }
