@@ -27,43 +27,44 @@ pub fn train_curve_charts(model: &str, log: &[TrainLogRow]) -> Vec<LineChart> {
     if log.is_empty() {
         return Vec::new();
     }
-    let mut charts = vec![chart(
-        model,
-        "loss",
-        "loss (total and self-play part)",
-        vec![
-            series("loss", log, |r| r.loss),
-            series("self_play", log, |r| r.self_play),
-        ],
-    )];
-    let terms: Vec<&String> = log[0].terms.keys().collect();
-    if !terms.is_empty() {
-        charts.push(chart(
-            model,
+    let terms: Vec<Series> = log[0]
+        .terms
+        .keys()
+        .map(|t| series(t, log, |r| r.terms.get(t).copied().unwrap_or(f64::NAN)))
+        .collect();
+    let charts = [
+        (
+            "loss",
+            "loss (total and self-play part)",
+            vec![
+                series("loss", log, |r| r.loss),
+                series("self_play", log, |r| r.self_play),
+            ],
+        ),
+        (
             "regularizer terms",
             "term value T, before its coefficient",
-            terms
-                .iter()
-                .map(|t| series(t, log, |r| r.terms.get(*t).copied().unwrap_or(f64::NAN)))
-                .collect(),
-        ));
-    }
-    charts.push(chart(
-        model,
-        "gradient norm",
-        "gradient L2 norm",
-        vec![series("grad_norm", log, |r| r.grad_norm)],
-    ));
-    charts.push(chart(
-        model,
-        "log-ratios",
-        "mean sequence log-ratio (nats)",
-        vec![
-            series("log pi / pi_t", log, |r| r.mean_logratio_t),
-            series("log pi / pi_ref", log, |r| r.mean_logratio_ref),
-        ],
-    ));
+            terms,
+        ),
+        (
+            "gradient norm",
+            "gradient L2 norm",
+            vec![series("grad_norm", log, |r| r.grad_norm)],
+        ),
+        (
+            "log-ratios",
+            "mean sequence log-ratio (nats)",
+            vec![
+                series("log pi / pi_t", log, |r| r.mean_logratio_t),
+                series("log pi / pi_ref", log, |r| r.mean_logratio_ref),
+            ],
+        ),
+    ];
     charts
+        .into_iter()
+        .filter(|(_, _, series)| !series.is_empty())
+        .map(|(what, y_label, series)| chart(model, what, y_label, series))
+        .collect()
 }
 
 #[cfg(test)]
