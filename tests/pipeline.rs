@@ -1,12 +1,13 @@
 //! One small RSPO iteration through the real binaries, then evaluate: every file joins up with
 //! the others on its keys, and the trained model is a loadable checkpoint.
 
-use e2e::{fixture, ok, s, Scratch};
+use e2e::{browser, fixture, ok, s, Scratch};
 use rspo::data::{
     read_rows, write_rows, EvalRow, FileKind, FileMeta, LogprobRow, Message, PreferenceRow,
     PromptRow, SampleRow, TrainLogRow, WinrateRow,
 };
 use std::collections::BTreeSet;
+use std::path::Path;
 
 #[test]
 fn one_iteration_and_evaluate_join_up() {
@@ -244,4 +245,65 @@ fn one_iteration_and_evaluate_join_up() {
     assert!(std::fs::read_to_string(eval.join("chart.svg"))
         .unwrap()
         .starts_with("<svg"));
+    // The scalar judge's scores of both sides; no order verdicts; finish reason and tokens.
+    for r in &rows {
+        let (Some(a), Some(b)) = (r.score_response, r.score_baseline) else {
+            panic!("no scores: {r:?}");
+        };
+        let p = 1.0 / (1.0 + (-(a - b)).exp());
+        assert!((r.p_win - p).abs() < 1e-9, "{r:?}");
+        assert_eq!((r.p_forward, r.p_swapped), (None, None));
+        assert!(r.tokens_response <= 10, "{r:?}");
+    }
+    the_report_renders_in_chromium(&t, &eval, &rows);
+}
+
+/// Text as Chromium's DOM dump writes it inside an element.
+fn as_dom_text(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\u{a0}', "&nbsp;")
+}
+
+/// report.html opened at `#prompt=q2` in headless Chromium: no console message, and every
+/// sample of q2 (both models) on the page. Skips without Chromium. With RSPO_REPORT_SCREENSHOT
+/// set, its screenshot goes there too (docs/report.png comes from this run).
+fn the_report_renders_in_chromium(t: &Scratch, eval: &Path, rows: &[EvalRow]) {
+    let page = eval.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("Training: iter-1"), "the iterate's train log");
+    assert!(!html.contains("Training: tiny-llama"), "the base has none");
+    let Some(chromium) = browser::chromium() else {
+        eprintln!("skipped: chromium not installed (apt-get install chromium)");
+        return;
+    };
+    let profile = t.path("chromium-profile");
+    let shown = browser::render(&chromium, &page, "#prompt=q2", &profile);
+    assert!(
+        shown.console_lines().is_empty(),
+        "console messages:\n{}",
+        shown.log
+    );
+    let dom = &shown.dom;
+    assert!(
+        dom.contains("prompt q2") && dom.contains("Count to three."),
+        "{dom}"
+    );
+    assert!(!dom.contains("Name a fruit."), "only q2 is listed: {dom}");
+    for r in rows.iter().filter(|r| r.prompt_id == "q2") {
+        assert!(
+            dom.contains(&as_dom_text(&r.response)),
+            "{} sample {} missing: {:?}",
+            r.model,
+            r.sample_idx,
+            r.response
+        );
+    }
+    assert!(dom.contains("score "), "the judge's scores are shown");
+    let png = t.path("report.png");
+    browser::screenshot(&chromium, &page, "#prompt=q2", &png, (1280, 1600), &profile);
+    if let Some(to) = std::env::var_os("RSPO_REPORT_SCREENSHOT") {
+        std::fs::copy(&png, to).unwrap();
+    }
 }

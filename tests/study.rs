@@ -91,6 +91,7 @@ fn make_study_shares_iteration_one_and_reports_every_variant() {
     check_charts(&dir, &study);
     check_table(&study, &summary);
     check_readme_table(&study);
+    check_report_html(&dir);
 
     // A second run has nothing to do.
     let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
@@ -107,6 +108,24 @@ fn make_study_shares_iteration_one_and_reports_every_variant() {
         "study.md was rewritten:\n{log}"
     );
     assert_eq!(modified(&dir.join("study.md")), before);
+}
+
+/// The study's report.html: the evaluation's page with the study's 7 charts, and the training
+/// curves of every variant's iterations.
+fn check_report_html(dir: &Path) {
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let (_, study) = html
+        .split_once("The study: each metric per iteration")
+        .expect("the study's section");
+    let (study, _) = study.split_once("</section>").unwrap();
+    assert_eq!(study.matches("<svg").count(), 7, "{study}");
+    for run in RUNS {
+        for t in 1..=2 {
+            let heading = format!("Training: {run}.iter-{t}");
+            assert!(html.contains(&heading), "{heading} missing");
+        }
+    }
+    assert!(!html.contains("Training: base"));
 }
 
 /// Each variant has both iterations; iteration 1's data is in shared/ once, read by every

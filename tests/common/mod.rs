@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: where the built binaries and the fixtures are, scratch
 //! folders, running a stage and checking how it ended.
 
+pub mod browser;
+
 use candle_core::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

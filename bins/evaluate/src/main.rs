@@ -58,8 +58,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The report of `make study`: study.md, with one SVG chart per metric beside it, from the
-    /// study's summary.json (models named `base` and `<variant>.iter-<t>`).
+    /// The report of `make study`: study.md, with one SVG chart per metric beside it, and
+    /// report.html there (the evaluation's page with the study's charts), from the study's
+    /// summary.json (models named `base` and `<variant>.iter-<t>`) and the files beside it.
     StudyReport {
         /// The study's summary.json.
         #[arg(long)]
@@ -67,7 +68,7 @@ enum Command {
         /// Iterations per variant.
         #[arg(long)]
         iterations: usize,
-        /// Output study.md; the charts go beside it.
+        /// Output study.md; the charts and report.html go beside it.
         #[arg(long)]
         out: PathBuf,
         /// The variants as `make study` was given them (VARIANTS).
@@ -91,7 +92,11 @@ fn main() -> Result<()> {
             iterations: *iterations,
             out,
         })?;
-        eprintln!("evaluate study-report: wrote {}", out.display());
+        eprintln!(
+            "evaluate study-report: wrote {} and {}",
+            out.display(),
+            out.with_file_name("report.html").display()
+        );
         return Ok(());
     }
     // clap requires both without a subcommand.
@@ -116,8 +121,9 @@ fn main() -> Result<()> {
     match outcome {
         Outcome::UpToDate => eprintln!("evaluate: {} is up to date", out.display()),
         Outcome::Written { rows } => eprintln!(
-            "evaluate: wrote {rows} rows; report at {}",
-            out.join("report.md").display()
+            "evaluate: wrote {rows} rows; report at {} and {}",
+            out.join("report.md").display(),
+            out.join("report.html").display()
         ),
     }
     Ok(())

@@ -632,6 +632,12 @@ mod tests {
                 p_win: 0.5,
                 len_response: 3,
                 len_baseline: 2,
+                finish_reason: FinishReason::Length,
+                tokens_response: 1,
+                score_response: None,
+                score_baseline: None,
+                p_forward: Some(0.4),
+                p_swapped: Some(0.6),
             }],
             &[],
         );

@@ -320,6 +320,18 @@ pub struct EvalRow {
     pub len_response: u32,
     /// Length of the baseline in characters (Unicode scalar values).
     pub len_baseline: u32,
+    /// Why the response's generation stopped.
+    pub finish_reason: FinishReason,
+    /// Length of the response in tokens (the model's tokenizer).
+    pub tokens_response: u32,
+    /// A scalar judge's score of the response (pairwise judges: none).
+    pub score_response: Option<f64>,
+    /// A scalar judge's score of the baseline (pairwise judges: none).
+    pub score_baseline: Option<f64>,
+    /// A pairwise judge's verdict with the response shown first, as P(response wins).
+    pub p_forward: Option<f64>,
+    /// A pairwise judge's verdict with the baseline shown first, as P(response wins).
+    pub p_swapped: Option<f64>,
 }
 
 rows!(
@@ -334,6 +346,12 @@ rows!(
         baseline,
         p_win,
         len_response,
-        len_baseline
+        len_baseline,
+        finish_reason,
+        tokens_response,
+        score_response,
+        score_baseline,
+        p_forward,
+        p_swapped
     ]
 );

@@ -181,6 +181,12 @@ impl FileKind {
                 f64("p_win"),
                 u32("len_response"),
                 u32("len_baseline"),
+                utf8("finish_reason"),
+                u32("tokens_response"),
+                Field::new("score_response", DataType::Float64, true),
+                Field::new("score_baseline", DataType::Float64, true),
+                Field::new("p_forward", DataType::Float64, true),
+                Field::new("p_swapped", DataType::Float64, true),
             ],
         };
         Schema::new(fields)

@@ -5,10 +5,12 @@
 //! are (self-BLEU-3 via NLTK-compatible [`sentence_bleu`], distinct-1/2, over lowercased words or
 //! NLTK word tokens, [`Tokens`]); [`mean_response_length`],
 //! [`eos_rate`] and [`mean_log_ratio`] summarize the responses themselves. Everything here works on
-//! in-memory slices; Parquet I/O is `data`'s job. [`line_chart_svg`] draws the reports' charts.
+//! in-memory slices; Parquet I/O is `data`'s job. [`line_chart_svg`] draws the reports' charts;
+//! [`html_report`] renders report.html.
 
 mod bleu;
 mod diversity;
+pub mod html_report;
 mod lc_winrate;
 mod response_stats;
 mod svg_chart;

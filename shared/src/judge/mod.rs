@@ -64,6 +64,6 @@ pub use scalar_scores::{matrix_from_scores, preference_from_scores, sigmoid};
 pub use scripts::Script;
 pub use settings::JudgeSettings;
 pub use traits::{
-    judge_digest, pairs_of, ConstraintOutcome, Judge, JudgeError, JudgeItem, PairVerdict,
-    PairwiseJudge, ScalarJudge,
+    judge_digest, pairs_of, ConstraintOutcome, Judge, JudgeError, JudgeItem, JudgedPair,
+    PairVerdict, PairwiseJudge, ScalarJudge,
 };

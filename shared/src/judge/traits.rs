@@ -186,6 +186,13 @@ pub fn pairs_of(k: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// A pair (a, b) judged for evaluation: the verdict, and a scalar judge's scores of a and b.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JudgedPair {
+    pub verdict: PairVerdict,
+    pub scores: Option<[f64; 2]>,
+}
+
 /// Either kind of judge, as stages hold it.
 pub enum Judge {
     /// Lifted to pairs by `p_ij = sigmoid((r_i - r_j) / temperature)`.
@@ -239,17 +246,19 @@ impl Judge {
 
     /// P(a beats b): a scalar judge scores both and lifts; a pairwise judge compares.
     /// (Evaluation's "model response vs baseline".)
-    pub fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<PairVerdict, JudgeError> {
+    pub fn compare(&self, a: &JudgeItem<'_>, b: &JudgeItem<'_>) -> Result<JudgedPair, JudgeError> {
         match self {
             Judge::Scalar { judge, temperature } => {
                 let s = judge.score(&[*a, *b])?;
-                Ok(PairVerdict::single(preference_from_scores(
-                    s[0],
-                    s[1],
-                    *temperature,
-                )))
+                Ok(JudgedPair {
+                    verdict: PairVerdict::single(preference_from_scores(s[0], s[1], *temperature)),
+                    scores: Some([s[0], s[1]]),
+                })
             }
-            Judge::Pairwise(judge) => judge.compare(a, b),
+            Judge::Pairwise(judge) => Ok(JudgedPair {
+                verdict: judge.compare(a, b)?,
+                scores: None,
+            }),
         }
     }
 }
@@ -286,8 +295,10 @@ mod tests {
             constraints: None,
         };
         // Scores 0 and -2: sigmoid(2 / 2).
-        let v = judge.compare(&item("abc"), &item("a")).unwrap();
+        let judged = judge.compare(&item("abc"), &item("a")).unwrap();
+        let v = judged.verdict;
         assert!((v.p - crate::judge::sigmoid(1.0)).abs() < 1e-15);
         assert_eq!((v.p_forward, v.p_swapped), (None, None));
+        assert_eq!(judged.scores, Some([0.0, -2.0]));
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use super::context::{content_config, Outcome, StageOutput};
 use super::generate::{self, GenerateSettings, LogprobsJob, SampleJob};
 use super::output_lock::lock_outputs;
+use super::report_html::write_report_html;
 use super::score::ScoreSettings;
 use super::settings::Settings;
 use crate::data::{
@@ -18,6 +19,7 @@ use crate::data::{
     DigestCache, EvalRow, FileKind, FileMeta, FinishReason, LogprobRow, PromptOptions, PromptRow,
     SampleRow,
 };
+use crate::eval::html_report::Table;
 use crate::eval::{char_length, diversity_with, lc_winrate, Tokens};
 use crate::judge::{find_judge, Judge, JudgeItem, JudgeSpec};
 use crate::model::{model_ref, resolve_model};
@@ -362,7 +364,13 @@ fn eval_output(
 }
 
 /// The files `evaluate` writes in --out; all there and `RunFingerprint` unchanged: up to date.
-const EVALUATE_FILES: [&str; 4] = ["eval.parquet", "summary.json", "chart.svg", "report.md"];
+const EVALUATE_FILES: [&str; 5] = [
+    "eval.parquet",
+    "summary.json",
+    "chart.svg",
+    "report.md",
+    "report.html",
+];
 
 /// Everything that shapes evaluate's files, in `.evaluate-fingerprint` under --out, written
 /// last (an interrupted run is never up to date). eval.parquet's fingerprint covers the
@@ -489,16 +497,22 @@ fn judge_against_baseline(
             response: against,
             ..a
         };
-        let verdict = judge.compare(&a, &b)?;
+        let judged = judge.compare(&a, &b)?;
         out.push(EvalRow {
             model: name.to_string(),
             prompt_id: r.prompt_id.clone(),
             sample_idx: r.sample_idx,
             response: r.response.clone(),
             baseline: against.clone(),
-            p_win: verdict.p,
+            p_win: judged.verdict.p,
             len_response: char_length(&r.response) as u32,
             len_baseline: char_length(against) as u32,
+            finish_reason: r.finish_reason,
+            tokens_response: r.response_token_ids.len() as u32,
+            score_response: judged.scores.map(|s| s[0]),
+            score_baseline: judged.scores.map(|s| s[1]),
+            p_forward: judged.verdict.p_forward,
+            p_swapped: judged.verdict.p_swapped,
         });
     }
     Ok(out)
@@ -592,7 +606,30 @@ fn write_reports(
     write_text(
         &job.out.join("report.md"),
         &report_markdown(summaries, baseline, judge, &timings),
-    )
+    )?;
+    write_report_html(job.out, &job.out.join("report.html"), Vec::new())
+}
+
+/// summary.json as read back: the judge, the baseline and each model's aggregates.
+pub(crate) struct SummaryFile {
+    pub judge: String,
+    pub baseline: String,
+    pub models: Vec<ModelSummary>,
+}
+
+pub(crate) fn read_summary(path: &Path) -> Result<SummaryFile> {
+    let label = path.display();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {label}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{label}: not JSON"))?;
+    let models: Vec<ModelSummary> = serde_json::from_value(json["models"].clone())
+        .with_context(|| format!("{label}: `models` is not a list of model summaries"))?;
+    let text_of = |key: &str| json[key].as_str().unwrap_or("?").to_string();
+    Ok(SummaryFile {
+        judge: text_of("judge"),
+        baseline: text_of("baseline"),
+        models,
+    })
 }
 
 /// Writes `text` to `path` atomically.
@@ -635,29 +672,18 @@ fn report_markdown(
 ) -> String {
     let mut md = String::new();
     md.push_str("# RSPO evaluation\n\n");
-    let against = if baseline == "reference" {
-        "the prompt's reference answer"
-    } else {
-        "the baseline's sample of the same index"
-    };
-    md.push_str(&format!(
-        "Judge: `{judge}`. Baseline: `{baseline}`. Win rates are the mean P(model beats baseline) over the evaluation prompts (each of the K samples against {against}); LC is the length-controlled win rate (minimal GLM).\n\n"
-    ));
-    md.push_str("| model | win rate % | LC win rate % | mean length (chars) | EOS rate | self-BLEU-3 | distinct-1 | distinct-2 | KL est. (log-ratio to ref) |\n");
-    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for m in models {
-        md.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} |\n",
-            m.name,
-            m.win_rate,
-            m.lc_win_rate,
-            m.mean_length,
-            m.eos_rate,
-            m.self_bleu3,
-            m.distinct_1,
-            m.distinct_2,
-            m.mean_logratio_ref
-        ));
+    md.push_str(&reading_note(judge, baseline, |s| format!("`{s}`")));
+    md.push_str("\n\n");
+    let table = summary_table(models);
+    md.push_str(&format!("| {} |\n", table.headers.join(" | ")));
+    let rule: Vec<&str> = table
+        .numeric
+        .iter()
+        .map(|&n| if n { "---:" } else { "---" })
+        .collect();
+    md.push_str(&format!("| {} |\n", rule.join(" | ")));
+    for row in &table.rows {
+        md.push_str(&format!("| {} |\n", row.join(" | ")));
     }
     md.push_str("\n![win rate, LC win rate and length per iteration](chart.svg)\n");
     if !timings.is_empty() {
@@ -671,8 +697,57 @@ fn report_markdown(
     md
 }
 
+/// How to read the numbers: the judge, the baseline (each through `quote`), what a win rate is.
+pub(crate) fn reading_note(judge: &str, baseline: &str, quote: impl Fn(&str) -> String) -> String {
+    let against = if baseline == "reference" {
+        "the prompt's reference answer"
+    } else {
+        "the baseline's sample of the same index"
+    };
+    format!(
+        "Judge: {}. Baseline: {}. Win rates are the mean P(model beats baseline) over the evaluation prompts (each of the K samples against {against}); LC is the length-controlled win rate (minimal GLM).",
+        quote(judge),
+        quote(baseline)
+    )
+}
+
+/// report.md's table (and report.html's): a row of formatted aggregates per model.
+pub(crate) fn summary_table(models: &[ModelSummary]) -> Table {
+    let headers = [
+        "model",
+        "win rate %",
+        "LC win rate %",
+        "mean length (chars)",
+        "EOS rate",
+        "self-BLEU-3",
+        "distinct-1",
+        "distinct-2",
+        "KL est. (log-ratio to ref)",
+    ];
+    Table {
+        headers: headers.iter().map(|h| h.to_string()).collect(),
+        numeric: (0..headers.len()).map(|i| i > 0).collect(),
+        rows: models
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    format!("{:.1}", m.win_rate),
+                    format!("{:.1}", m.lc_win_rate),
+                    format!("{:.1}", m.mean_length),
+                    format!("{:.2}", m.eos_rate),
+                    format!("{:.3}", m.self_bleu3),
+                    format!("{:.3}", m.distinct_1),
+                    format!("{:.3}", m.distinct_2),
+                    format!("{:.2}", m.mean_logratio_ref),
+                ]
+            })
+            .collect(),
+    }
+}
+
 /// Win rate and LC win rate (left axis, %) and mean length (right axis) per model.
-fn chart_svg(models: &[ModelSummary]) -> String {
+pub(crate) fn chart_svg(models: &[ModelSummary]) -> String {
     use plotters::prelude::*;
     let mut svg = String::new();
     {

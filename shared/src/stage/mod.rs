@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod generate;
 mod output_lock;
 mod progress;
+mod report_html;
 pub mod score;
 mod settings;
 pub mod shard;

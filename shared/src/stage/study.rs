@@ -10,9 +10,11 @@
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 
-use super::evaluate::{write_text, ModelSummary};
+use super::evaluate::{read_summary, write_text, ModelSummary, SummaryFile};
+use super::report_html::write_report_html;
 use super::settings::Settings;
 use super::train_step::TrainStepSettings;
+use crate::eval::html_report::ChartSection;
 use crate::eval::{line_chart_svg, LineChart, Series};
 use crate::train::parse_regularizers;
 
@@ -191,12 +193,11 @@ struct StudyResults {
 
 fn read_results(job: &StudyReportJob) -> Result<StudyResults> {
     let label = job.summary.display();
-    let text =
-        std::fs::read_to_string(job.summary).with_context(|| format!("cannot read {label}"))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{label}: not JSON"))?;
-    let models: Vec<ModelSummary> = serde_json::from_value(json["models"].clone())
-        .with_context(|| format!("{label}: `models` is not a list of model summaries"))?;
+    let SummaryFile {
+        judge,
+        baseline,
+        models,
+    } = read_summary(job.summary)?;
     let find = |name: &str| -> Result<ModelSummary> {
         models
             .iter()
@@ -219,16 +220,16 @@ fn read_results(job: &StudyReportJob) -> Result<StudyResults> {
             .collect::<Result<Vec<_>>>()?;
         runs.push((v, iterates));
     }
-    let text_of = |key: &str| json[key].as_str().unwrap_or("?").to_string();
     Ok(StudyResults {
-        judge: text_of("judge"),
-        baseline: text_of("baseline"),
+        judge,
+        baseline,
         base: find(BASE_NAME)?,
         runs,
     })
 }
 
-/// Writes study.md and `study-<metric>.svg` beside it.
+/// Writes study.md and `study-<metric>.svg` beside it, and report.html there: the evaluation's
+/// page with the study's charts.
 pub fn study_report(job: &StudyReportJob) -> Result<()> {
     ensure!(
         job.iterations >= 1,
@@ -238,12 +239,27 @@ pub fn study_report(job: &StudyReportJob) -> Result<()> {
     let results = read_results(job)?;
     let dir = job.out.parent().unwrap_or(Path::new("")).to_path_buf();
     let mut charts = Vec::new();
+    let mut svgs = Vec::new();
     for metric in &METRICS {
         let file = format!("study-{}.svg", metric.key);
-        write_text(&dir.join(&file), &line_chart_svg(&chart(&results, metric))?)?;
+        let svg = line_chart_svg(&chart(&results, metric))?;
+        write_text(&dir.join(&file), &svg)?;
         charts.push((metric.header, file));
+        svgs.push(svg);
     }
-    write_text(job.out, &markdown(&results, job, &charts))
+    write_text(job.out, &markdown(&results, job, &charts))?;
+    let study = ChartSection {
+        heading: "The study: each metric per iteration".into(),
+        note: format!(
+            "{} variants, {} iterations each; iteration 0 is the base model, shared by every line.",
+            results.runs.len(),
+            job.iterations
+        ),
+        charts: svgs,
+        folded: false,
+    };
+    let eval_dir = job.summary.parent().unwrap_or(Path::new(""));
+    write_report_html(eval_dir, &dir.join("report.html"), vec![study])
 }
 
 /// One line per variant: iteration 0 is the base model, shared by every line.
