@@ -24,6 +24,16 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// The input ids of the fixture's reference sequences.
+fn fixture_prompts(name: &str) -> Vec<Vec<u32>> {
+    expected(name)["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["input_ids"]))
+        .collect()
+}
+
 fn load(name: &str) -> Transformer {
     Checkpoint::open(&fixture(name))
         .unwrap()
@@ -61,12 +71,7 @@ fn temperature_zero_reproduces_greedy_tokens_alone_and_in_a_batch() {
         assert_eq!(alone[0].response_ids, want, "{name} alone");
         assert_eq!(alone[0].finish, Finish::Length);
         // Next to longer and shorter prompts (different padding), the same tokens.
-        let others: Vec<Vec<u32>> = exp["sequences"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| ids(&s["input_ids"]))
-            .collect();
+        let others = fixture_prompts(name);
         let mut batch = vec![req(others[1].clone()), req(prompt.clone())];
         batch.extend(others.iter().map(|o| req(o[..3].to_vec())));
         let out = generate(&model, &batch, &GREEDY, want.len(), &[], |_| {}).unwrap();
@@ -215,13 +220,7 @@ fn first_sampled_token_follows_temperature_and_top_p() {
 #[test]
 fn rows_sample_the_same_whatever_the_batch() {
     let model = load("tiny-llama");
-    let exp = expected("tiny-llama");
-    let prompts: Vec<Vec<u32>> = exp["sequences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| ids(&s["input_ids"]))
-        .collect();
+    let prompts = fixture_prompts("tiny-llama");
     let params = SamplingParams {
         temperature: 0.7,
         top_p: 0.9,
@@ -247,13 +246,7 @@ fn rows_sample_the_same_whatever_the_batch() {
 #[test]
 fn refilled_slots_decode_as_one_batch_does() {
     let model = load("tiny-llama");
-    let exp = expected("tiny-llama");
-    let prompts: Vec<Vec<u32>> = exp["sequences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| ids(&s["input_ids"]))
-        .collect();
+    let prompts = fixture_prompts("tiny-llama");
     let params = SamplingParams {
         temperature: 1.0,
         top_p: 1.0,
