@@ -258,11 +258,12 @@ fn prefill(model: &Transformer, prompt: &[u32]) -> Result<(KvCache, Tensor)> {
     Ok((cache, logits))
 }
 
-/// The rows decoding together: the cache's rows in order, each a request (or `None`: a slot
-/// whose request finished and that nothing waiting could take) with its random stream.
+/// The rows decoding together: the cache's rows in order, each a request with its random
+/// stream.
 struct Batch {
     cache: KvCache,
     rows: Vec<(usize, RowRng)>,
+    /// False for a slot whose request finished and that nothing waiting has taken yet.
     live: Vec<bool>,
     /// Each row's response so far.
     outputs: Vec<GenerationOutput>,
@@ -397,10 +398,6 @@ impl Batch {
                 refill.finished.push((i, out));
                 continue;
             }
-            if self.cache.len() + 1 > self.cache.capacity() {
-                let room = self.cache.len() - self.width;
-                self.cache.drop_leading_padding(room)?;
-            }
             self.cache.replace_row(slot, &single)?;
             break;
         }
@@ -425,6 +422,8 @@ impl Batch {
 
     /// One column for every row: feeds each row's last token and keeps the next logits.
     fn step(&mut self, model: &Transformer) -> Result<()> {
+        // Out of columns: drop the padding every row has, but keep `width` columns so that any
+        // waiting prompt still fits a refilled slot.
         if self.cache.len() + 1 > self.cache.capacity() {
             let room = self.cache.len() - self.width;
             self.cache.drop_leading_padding(room)?;
