@@ -711,36 +711,107 @@ pub(crate) fn reading_note(judge: &str, baseline: &str, quote: impl Fn(&str) -> 
     )
 }
 
+/// One aggregate of summary.json as the reports show it: its key, its column header, its
+/// chart axis and its decimals.
+pub(crate) struct Metric {
+    pub key: &'static str,
+    pub header: &'static str,
+    pub axis: &'static str,
+    pub decimals: usize,
+    pub value: fn(&ModelSummary) -> f64,
+    /// Compared across a study's variants (the EOS rate is not).
+    pub in_study: bool,
+}
+
+impl Metric {
+    /// The metric of `m` as a table cell.
+    pub fn cell(&self, m: &ModelSummary) -> String {
+        format!("{:.*}", self.decimals, (self.value)(m))
+    }
+}
+
+/// report.md's columns after the model, in order.
+pub(crate) const METRICS: [Metric; 8] = [
+    Metric {
+        key: "win_rate",
+        header: "win rate %",
+        axis: "win rate against the baseline (%)",
+        decimals: 1,
+        in_study: true,
+        value: |m| m.win_rate,
+    },
+    Metric {
+        key: "lc_win_rate",
+        header: "LC win rate %",
+        axis: "length-controlled win rate (%)",
+        decimals: 1,
+        in_study: true,
+        value: |m| m.lc_win_rate,
+    },
+    Metric {
+        key: "mean_length",
+        header: "mean length (chars)",
+        axis: "mean response length (characters)",
+        decimals: 1,
+        in_study: true,
+        value: |m| m.mean_length,
+    },
+    Metric {
+        key: "eos_rate",
+        header: "EOS rate",
+        axis: "EOS rate (share of responses that ended with a stop token)",
+        decimals: 2,
+        in_study: false,
+        value: |m| m.eos_rate,
+    },
+    Metric {
+        key: "self_bleu3",
+        header: "self-BLEU-3",
+        axis: "self-BLEU-3 (0 to 1, lower is more diverse)",
+        decimals: 3,
+        in_study: true,
+        value: |m| m.self_bleu3,
+    },
+    Metric {
+        key: "distinct_1",
+        header: "distinct-1",
+        axis: "distinct-1 (share of unique unigrams)",
+        decimals: 3,
+        in_study: true,
+        value: |m| m.distinct_1,
+    },
+    Metric {
+        key: "distinct_2",
+        header: "distinct-2",
+        axis: "distinct-2 (share of unique bigrams)",
+        decimals: 3,
+        in_study: true,
+        value: |m| m.distinct_2,
+    },
+    Metric {
+        key: "mean_logratio_ref",
+        header: "KL est. (log-ratio to ref)",
+        axis: "KL estimate: mean log-ratio to pi_ref (nats)",
+        decimals: 2,
+        in_study: true,
+        value: |m| m.mean_logratio_ref,
+    },
+];
+
 /// report.md's table (and report.html's): a row of formatted aggregates per model.
 pub(crate) fn summary_table(models: &[ModelSummary]) -> Table {
-    let headers = [
-        "model",
-        "win rate %",
-        "LC win rate %",
-        "mean length (chars)",
-        "EOS rate",
-        "self-BLEU-3",
-        "distinct-1",
-        "distinct-2",
-        "KL est. (log-ratio to ref)",
-    ];
+    let headers = std::iter::once("model").chain(METRICS.iter().map(|x| x.header));
     Table {
-        headers: headers.iter().map(|h| h.to_string()).collect(),
-        numeric: (0..headers.len()).map(|i| i > 0).collect(),
+        headers: headers.map(str::to_string).collect(),
+        numeric: std::iter::once(false)
+            .chain(METRICS.iter().map(|_| true))
+            .collect(),
         rows: models
             .iter()
             .map(|m| {
-                vec![
-                    m.name.clone(),
-                    format!("{:.1}", m.win_rate),
-                    format!("{:.1}", m.lc_win_rate),
-                    format!("{:.1}", m.mean_length),
-                    format!("{:.2}", m.eos_rate),
-                    format!("{:.3}", m.self_bleu3),
-                    format!("{:.3}", m.distinct_1),
-                    format!("{:.3}", m.distinct_2),
-                    format!("{:.2}", m.mean_logratio_ref),
-                ]
+                std::iter::once(m.name.clone())
+                    .chain(METRICS.iter().map(|x| x.cell(m)))
+                    .collect()
             })
             .collect(),
     }

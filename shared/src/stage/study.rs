@@ -10,7 +10,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 
-use super::evaluate::{read_summary, write_text, ModelSummary, SummaryFile};
+use super::evaluate::{read_summary, write_text, Metric, ModelSummary, SummaryFile, METRICS};
 use super::report_html::write_report_html;
 use super::settings::Settings;
 use super::train_step::TrainStepSettings;
@@ -111,67 +111,10 @@ pub fn plan_lines(variants: &[Variant]) -> String {
         .collect()
 }
 
-/// One column of the study: a number of summary.json, its header, its axis and its decimals
-/// (report.md's).
-struct Metric {
-    key: &'static str,
-    header: &'static str,
-    axis: &'static str,
-    decimals: usize,
-    value: fn(&ModelSummary) -> f64,
+/// The metrics a study compares (all of report.md's but the EOS rate), in report.md's order.
+fn study_metrics() -> impl Iterator<Item = &'static Metric> {
+    METRICS.iter().filter(|m| m.in_study)
 }
-
-const METRICS: [Metric; 7] = [
-    Metric {
-        key: "win_rate",
-        header: "win rate %",
-        axis: "win rate against the baseline (%)",
-        decimals: 1,
-        value: |m| m.win_rate,
-    },
-    Metric {
-        key: "lc_win_rate",
-        header: "LC win rate %",
-        axis: "length-controlled win rate (%)",
-        decimals: 1,
-        value: |m| m.lc_win_rate,
-    },
-    Metric {
-        key: "mean_length",
-        header: "mean length (chars)",
-        axis: "mean response length (characters)",
-        decimals: 1,
-        value: |m| m.mean_length,
-    },
-    Metric {
-        key: "self_bleu3",
-        header: "self-BLEU-3",
-        axis: "self-BLEU-3 (0 to 1, lower is more diverse)",
-        decimals: 3,
-        value: |m| m.self_bleu3,
-    },
-    Metric {
-        key: "distinct_1",
-        header: "distinct-1",
-        axis: "distinct-1 (share of unique unigrams)",
-        decimals: 3,
-        value: |m| m.distinct_1,
-    },
-    Metric {
-        key: "distinct_2",
-        header: "distinct-2",
-        axis: "distinct-2 (share of unique bigrams)",
-        decimals: 3,
-        value: |m| m.distinct_2,
-    },
-    Metric {
-        key: "mean_logratio_ref",
-        header: "KL est. (log-ratio to ref)",
-        axis: "KL estimate: mean log-ratio to pi_ref (nats)",
-        decimals: 2,
-        value: |m| m.mean_logratio_ref,
-    },
-];
 
 pub struct StudyReportJob<'a> {
     /// The study's summary.json (`evaluate` of the base and every variant's iterates).
@@ -240,7 +183,7 @@ pub fn study_report(job: &StudyReportJob) -> Result<()> {
     let dir = job.out.parent().unwrap_or(Path::new("")).to_path_buf();
     let mut charts = Vec::new();
     let mut svgs = Vec::new();
-    for metric in &METRICS {
+    for metric in study_metrics() {
         let file = format!("study-{}.svg", metric.key);
         let svg = line_chart_svg(&chart(&results, metric))?;
         write_text(&dir.join(&file), &svg)?;
@@ -288,10 +231,7 @@ fn chart(results: &StudyResults, metric: &Metric) -> LineChart {
 }
 
 fn row(variant: &str, iteration: usize, m: &ModelSummary) -> String {
-    let cells: Vec<String> = METRICS
-        .iter()
-        .map(|x| format!("{:.*}", x.decimals, (x.value)(m)))
-        .collect();
+    let cells: Vec<String> = study_metrics().map(|x| x.cell(m)).collect();
     format!("| {variant} | {iteration} | {} |\n", cells.join(" | "))
 }
 
@@ -312,14 +252,14 @@ fn markdown(results: &StudyResults, job: &StudyReportJob, charts: &[(&str, Strin
     for (v, _) in &results.runs {
         md.push_str(&format!("| {} | `{}` |\n", v.spec, v.train_args.join(" ")));
     }
-    let headers: Vec<&str> = METRICS.iter().map(|m| m.header).collect();
+    let headers: Vec<&str> = study_metrics().map(|m| m.header).collect();
     md.push_str(&format!(
         "\n## Results\n\n| variant | iteration | {} |\n",
         headers.join(" | ")
     ));
     md.push_str(&format!(
         "| --- | ---: |{}\n",
-        " ---: |".repeat(METRICS.len())
+        " ---: |".repeat(study_metrics().count())
     ));
     md.push_str(&row(BASE_NAME, 0, &results.base));
     for (v, iterates) in &results.runs {
