@@ -79,8 +79,7 @@ fn main() {
         eprintln!("throughput: {e}");
         std::process::exit(2)
     });
-    rspo::stage::train_step::prefer_serial_elementwise_ops();
-    rspo::stage::train_step::keep_large_allocations();
+    rspo::model::cpu_tuning::tune_process_for_models();
     let device = rspo::model::parse_device(&args.device).unwrap_or_else(|e| {
         eprintln!("throughput: {e:#}");
         std::process::exit(1)

@@ -21,8 +21,8 @@ use rspo::train::{
 fn main() {
     // As the train-step binary does (CANDLE_NUM_THREADS, if set, wins; large buffers stay on
     // the heap).
-    rspo::stage::train_step::prefer_serial_elementwise_ops();
-    let kept = rspo::stage::train_step::keep_large_allocations();
+    rspo::model::cpu_tuning::prefer_serial_elementwise_ops();
+    let kept = rspo::model::cpu_tuning::keep_large_allocations();
     println!("large allocations kept on the heap: {kept}");
     let cfg = common::bench_config();
     let weights = random_weights(&cfg, 0.02, DType::F32, &Device::Cpu).expect("weights");

@@ -78,6 +78,8 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // Allocator and thread settings for model work, before any thread or tensor exists.
+    rspo::model::cpu_tuning::tune_process_for_models();
     let (a, matches) = parse_command_line::<Args>();
     if let Some(Command::StudyReport {
         summary,

@@ -117,6 +117,8 @@ fn report(what: &str, out: &std::path::Path, outcome: Outcome) {
 }
 
 fn main() -> Result<()> {
+    // Allocator and thread settings for model work, before any thread or tensor exists.
+    rspo::model::cpu_tuning::tune_process_for_models();
     let (cli, matches) = parse_command_line::<Cli>();
     let matches = matches
         .subcommand()

@@ -50,6 +50,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // Allocator and thread settings for model work, before any thread or tensor exists.
+    rspo::model::cpu_tuning::tune_process_for_models();
     let (a, matches) = parse_command_line::<Cli>();
     let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
     let r = score::score(&ScoreJob {

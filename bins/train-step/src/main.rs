@@ -47,9 +47,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    // Process-wide CPU tuning for training, before any tensor exists (see their docs).
-    train_step::prefer_serial_elementwise_ops();
-    train_step::keep_large_allocations();
+    // Allocator and thread settings for model work, before any thread or tensor exists.
+    rspo::model::cpu_tuning::tune_process_for_models();
     let (a, matches) = parse_command_line::<Cli>();
     let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
     let outcome = train_step::train_step(&TrainStepJob {

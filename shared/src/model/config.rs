@@ -214,7 +214,7 @@ impl ModelConfig {
         let rope_scaling = parse_rope_scaling(rope_params).map_err(err)?;
 
         let num_key_value_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if raw.num_attention_heads % num_key_value_heads != 0 {
+        if !raw.num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 raw.num_attention_heads, num_key_value_heads

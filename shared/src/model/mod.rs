@@ -9,10 +9,13 @@
 //!   in its backward pass.
 //! - [`resolve_model`], [`model_ref`], [`parse_device`], [`dtype_for`]: a model as the command
 //!   line names it, its identity for fingerprints, and where and in what precision it runs.
+//! - [`cpu_tuning::tune_process_for_models`]: allocator and thread settings every binary that
+//!   runs a model applies first.
 
 mod chat_template;
 mod checkpoint;
 mod config;
+pub mod cpu_tuning;
 mod device;
 mod device_sampling;
 mod error;

@@ -141,6 +141,7 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
         }
         let m = x.len() / k;
         let mut out = vec![0f32; m * n];
+        let dots = block_dots_kernel();
         // Columns of W in parallel blocks; every (row, column) dot product is computed the same
         // way whatever m is, and W is streamed once for all rows.
         const BLOCK: usize = 64;
@@ -149,12 +150,7 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
             .map(|b| {
                 let (c0, c1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
                 let mut block = vec![0f32; m * (c1 - c0)];
-                for c in c0..c1 {
-                    let wc = &w[c * k..(c + 1) * k];
-                    for r in 0..m {
-                        block[r * (c1 - c0) + c - c0] = dot(&x[r * k..(r + 1) * k], wc);
-                    }
-                }
+                dots(x, &w[c0 * k..c1 * k], k, &mut block);
                 block
             })
             .collect();
@@ -174,24 +170,65 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
     }
 }
 
-/// A dot product with 16 independent lanes (vectorises well) reduced in a fixed order.
-#[inline]
+/// The block kernel (`out[r * cols + c] = x_r . w_c` for the rows of x and the rows of one
+/// block of W, each of length k) compiled for the best instruction set this processor has, chosen at run
+/// time. All variants do the same fused multiply-adds in the same order, so they give the same
+/// bits: AVX-512 (one 16-lane register), AVX2 (two 8-lane ones) and the portable build (whose
+/// `mul_add` is a library call: slow, but equal).
+fn block_dots_kernel() -> fn(&[f32], &[f32], usize, &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Safety: each variant runs only where its instructions were detected.
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return |x, w, k, out| unsafe { block_dots_avx512(x, w, k, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return |x, w, k, out| unsafe { block_dots_avx2(x, w, k, out) };
+        }
+    }
+    block_dots
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn block_dots_avx512(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    block_dots(x, w, k, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_dots_avx2(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    block_dots(x, w, k, out)
+}
+
+#[inline(always)]
+fn block_dots(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    let cols = w.len() / k;
+    for c in 0..cols {
+        let wc = &w[c * k..(c + 1) * k];
+        for (r, xr) in x.chunks_exact(k).enumerate() {
+            out[r * cols + c] = dot(xr, wc);
+        }
+    }
+}
+
+/// A dot product with 16 independent lanes of fused multiply-adds (one AVX-512 register, two
+/// AVX2 ones), reduced in a fixed order.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
-    let chunks = a.len() / LANES;
-    for i in 0..chunks {
-        let (ai, bi) = (
-            &a[i * LANES..(i + 1) * LANES],
-            &b[i * LANES..(i + 1) * LANES],
-        );
+    let (a_body, a_tail) = a.split_at(a.len() / LANES * LANES);
+    let (b_body, b_tail) = b.split_at(a_body.len());
+    for (ai, bi) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
         for l in 0..LANES {
-            acc[l] += ai[l] * bi[l];
+            acc[l] = ai[l].mul_add(bi[l], acc[l]);
         }
     }
     let mut tail = 0f32;
-    for i in chunks * LANES..a.len() {
-        tail += a[i] * b[i];
+    for (ai, bi) in a_tail.iter().zip(b_tail) {
+        tail = ai.mul_add(*bi, tail);
     }
     let mut s = 0f32;
     for l in acc {
