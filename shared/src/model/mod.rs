@@ -16,6 +16,7 @@ mod chat_template;
 mod checkpoint;
 mod config;
 pub mod cpu_tuning;
+mod decode_attention;
 mod device;
 mod device_sampling;
 mod error;

@@ -255,8 +255,9 @@ impl Attention {
     /// kv_heads, past + 1, d), which may be views of its preallocated buffers. Each key/value head
     /// serves its `n_rep` query heads as one (n_rep, d) block, so nothing cache-sized is copied.
     /// On the CPU each row attends over exactly its own real (and in-window) columns, so its
-    /// numbers are those it gets alone, whatever else is in the batch; elsewhere the batch runs
-    /// as one masked product, which keeps a GPU busy.
+    /// numbers are those it gets alone, whatever else is in the batch (in f32 in one kernel,
+    /// `decode_attention.rs`); elsewhere the batch runs as one masked product, which keeps a
+    /// GPU busy.
     #[allow(clippy::too_many_arguments)]
     fn decode_step(
         &self,
@@ -293,12 +294,19 @@ impl Attention {
             return Ok(y.reshape((b, self.num_heads, 1, d))?);
         }
         let total = k.dim(2)?;
-        let mut rows = Vec::with_capacity(b);
-        for (r, &pad) in pads.iter().enumerate() {
-            let start = match window {
+        let starts: Vec<usize> = pads
+            .iter()
+            .map(|&pad| match window {
                 Some(w) => pad.max(total.saturating_sub(w)),
                 None => pad,
-            };
+            })
+            .collect();
+        if let Some(y) = super::decode_attention::decode_attention(q, k, v, starts.clone(), scale)?
+        {
+            return Ok(y);
+        }
+        let mut rows = Vec::with_capacity(b);
+        for (r, &start) in starts.iter().enumerate() {
             let kr = k.narrow(0, r, 1)?.narrow(2, start, total - start)?;
             let vr = v.narrow(0, r, 1)?.narrow(2, start, total - start)?;
             let y = attend(&groups(&q.narrow(0, r, 1)?, 1)?, &kr, &vr, None)?;
@@ -337,10 +345,12 @@ impl Mlp {
 
     /// SwiGLU: down(silu(gate(x)) * up(x)).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let gated = match super::fused::silu_mul(&gate, &up)? {
+            Some(y) => y,
+            None => (gate.silu()? * up)?,
+        };
+        Ok(self.down_proj.forward(&gated)?)
     }
 }
 

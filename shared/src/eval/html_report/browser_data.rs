@@ -236,7 +236,11 @@ mod tests {
             while t.len() < chars {
                 let i = (self.next() % 4096) as usize;
                 t.push_str(&self.1[i]);
-                t.push(if self.next().is_multiple_of(12) { '.' } else { ' ' });
+                t.push(if self.next().is_multiple_of(12) {
+                    '.'
+                } else {
+                    ' '
+                });
             }
             t
         }
