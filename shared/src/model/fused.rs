@@ -86,6 +86,20 @@ fn with_values<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Re
     }
 }
 
+/// A two-input kernel's forward, run in its inputs' dtype (both f32 or both f64).
+fn in_input_dtype(
+    op: &str,
+    (s1, l1, s2, l2): (&CpuStorage, &Layout, &CpuStorage, &Layout),
+    f32: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match (s1.dtype(), s2.dtype()) {
+        (DType::F32, DType::F32) => f32::to_cpu_storage_owned(f32(slice(s1, l1)?, slice(s2, l2)?)),
+        (DType::F64, DType::F64) => f64::to_cpu_storage_owned(f64(slice(s1, l1)?, slice(s2, l2)?)),
+        (a, b) => candle_core::bail!("{op}: unsupported dtypes {a:?}, {b:?}"),
+    })
+}
+
 fn tensor<T: Float>(values: Vec<T>, shape: &Shape, like: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(values, shape, like.device())
 }
@@ -355,19 +369,12 @@ impl CustomOp2 for RmsNorm {
         if l1.shape().dims().last() != Some(&d) {
             candle_core::bail!("rms-norm: {:?} with a weight of {d}", l1.shape())
         }
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => f32::to_cpu_storage_owned(rms_norm_fwd(
-                slice::<f32>(s1, l1)?,
-                slice::<f32>(s2, l2)?,
-                self.eps,
-            )),
-            (DType::F64, DType::F64) => f64::to_cpu_storage_owned(rms_norm_fwd(
-                slice::<f64>(s1, l1)?,
-                slice::<f64>(s2, l2)?,
-                self.eps,
-            )),
-            (a, b) => candle_core::bail!("rms-norm: unsupported dtypes {a:?}, {b:?}"),
-        };
+        let out = in_input_dtype(
+            "rms-norm",
+            (s1, l1, s2, l2),
+            |x, w| rms_norm_fwd(x, w, self.eps),
+            |x, w| rms_norm_fwd(x, w, self.eps),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -500,17 +507,7 @@ impl CustomOp2 for SiluMul {
         if l1.shape() != l2.shape() {
             candle_core::bail!("silu-mul: {:?} and {:?}", l1.shape(), l2.shape())
         }
-        let out = match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => f32::to_cpu_storage_owned(silu_mul_fwd(
-                slice::<f32>(s1, l1)?,
-                slice::<f32>(s2, l2)?,
-            )),
-            (DType::F64, DType::F64) => f64::to_cpu_storage_owned(silu_mul_fwd(
-                slice::<f64>(s1, l1)?,
-                slice::<f64>(s2, l2)?,
-            )),
-            (a, b) => candle_core::bail!("silu-mul: unsupported dtypes {a:?}, {b:?}"),
-        };
+        let out = in_input_dtype("silu-mul", (s1, l1, s2, l2), silu_mul_fwd, silu_mul_fwd)?;
         Ok((out, l1.shape().clone()))
     }
 

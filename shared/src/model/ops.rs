@@ -171,8 +171,8 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
 }
 
 /// The block kernel (`out[r * cols + c] = x_r . w_c` for the rows of x and the rows of one
-/// block of W, each of length k) compiled for the best instruction set this processor has, chosen at run
-/// time. All variants do the same fused multiply-adds in the same order, so they give the same
+/// block of W, each of length k) compiled for the best instruction set this processor has,
+/// chosen at run time. All variants do the same fused multiply-adds in the same order, so they give the same
 /// bits: AVX-512 (one 16-lane register), AVX2 (two 8-lane ones) and the portable build (whose
 /// `mul_add` is a library call: slow, but equal).
 fn block_dots_kernel() -> fn(&[f32], &[f32], usize, &mut [f32]) {
