@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd;
+
 struct DecodeAttention {
     /// Per row, the first column it attends to (its padding, or the window's start).
     starts: Vec<usize>,
@@ -70,9 +72,8 @@ impl CustomOp3 for DecodeAttention {
                 .clone()
                 .map(|j| dot(qh, k.vector(r, h / n_rep, j, d)) * self.scale)
                 .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-            let inv = (1.0 / exps.iter().map(|&e| e as f64).sum::<f64>()) as f32;
+            let mut exps = vec![0f32; scores.len()];
+            let inv = (1.0 / simd::exp_into(&scores, simd::max(&scores), &mut exps)) as f32;
             for (j, e) in columns.zip(exps) {
                 let p = e * inv;
                 for (y, &vj) in y.iter_mut().zip(v.vector(r, h / n_rep, j, d)) {

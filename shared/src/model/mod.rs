@@ -31,6 +31,7 @@ pub mod ops;
 pub mod peft;
 mod random_init;
 mod resolve;
+mod simd;
 pub mod sampling;
 mod transformer;
 mod weights;

@@ -141,8 +141,7 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
         }
         let m = x.len() / k;
         let mut out = vec![0f32; m * n];
-        let dots = block_dots_kernel();
-        // Columns of W in parallel blocks; every (row, column) dot product is computed the same
+                // Columns of W in parallel blocks; every (row, column) dot product is computed the same
         // way whatever m is, and W is streamed once for all rows.
         const BLOCK: usize = 64;
         let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
@@ -150,7 +149,7 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
             .map(|b| {
                 let (c0, c1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
                 let mut block = vec![0f32; m * (c1 - c0)];
-                dots(x, &w[c0 * k..c1 * k], k, &mut block);
+                block_dots_dispatched(x, &w[c0 * k..c1 * k], k, &mut block);
                 block
             })
             .collect();
@@ -170,36 +169,13 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
     }
 }
 
-/// The block kernel (`out[r * cols + c] = x_r . w_c` for the rows of x and the rows of one
-/// block of W, each of length k) compiled for the best instruction set this processor has,
-/// chosen at run time. All variants do the same fused multiply-adds in the same order, so they give the same
-/// bits: AVX-512 (one 16-lane register), AVX2 (two 8-lane ones) and the portable build (whose
-/// `mul_add` is a library call: slow, but equal).
-fn block_dots_kernel() -> fn(&[f32], &[f32], usize, &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // Safety: each variant runs only where its instructions were detected.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return |x, w, k, out| unsafe { block_dots_avx512(x, w, k, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return |x, w, k, out| unsafe { block_dots_avx2(x, w, k, out) };
-        }
+super::simd::multiversion! {
+    /// The block kernel: `out[r * cols + c] = x_r . w_c` for the rows of x and the rows of one
+    /// block of W, each of length k. Every variant (`simd::multiversion!`) does the same fused
+    /// multiply-adds in the same order, so they give the same bits.
+    fn block_dots_dispatched(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+        block_dots(x, w, k, out)
     }
-    block_dots
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn block_dots_avx512(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
-    block_dots(x, w, k, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_dots_avx2(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
-    block_dots(x, w, k, out)
 }
 
 #[inline(always)]
