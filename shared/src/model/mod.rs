@@ -31,8 +31,8 @@ pub mod ops;
 pub mod peft;
 mod random_init;
 mod resolve;
-mod simd;
 pub mod sampling;
+mod simd;
 mod transformer;
 mod weights;
 

@@ -62,33 +62,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    /// The fused and the composed forms agree, so switching on `track_op` changes no number.
-    #[test]
-    fn fused_and_differentiable_forms_agree() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
-        let w = Tensor::randn(0f32, 1.0, 8, &dev)?;
-        let cos = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
-        let sin = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
-        let xv = Var::from_tensor(&x)?;
-        let pairs = [
-            (rms_norm(&x, &w, 1e-5)?, rms_norm(xv.as_tensor(), &w, 1e-5)?),
-            (softmax_last_dim(&x)?, softmax_last_dim(xv.as_tensor())?),
-            (rope(&x, &cos, &sin)?, rope(xv.as_tensor(), &cos, &sin)?),
-        ];
-        for (fused, slow) in pairs {
-            let diff = (fused - slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "fused and composed differ by {diff}");
-        }
-        Ok(())
-    }
-}
-
 /// `x W^T` for x (..., k) and W (n, k). A decoding step (x of shape (rows, 1, k): one new
 /// token per row) on the CPU runs a kernel whose result for a row does not depend on the other
 /// rows of the batch (a BLAS-style gemm picks different blockings for different row counts,
@@ -141,7 +114,7 @@ impl candle_core::CustomOp2 for RowInvariantMatmulT {
         }
         let m = x.len() / k;
         let mut out = vec![0f32; m * n];
-                // Columns of W in parallel blocks; every (row, column) dot product is computed the same
+        // Columns of W in parallel blocks; every (row, column) dot product is computed the same
         // way whatever m is, and W is streamed once for all rows.
         const BLOCK: usize = 64;
         let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
@@ -211,4 +184,55 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += l;
     }
     s + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The fused and the composed forms agree, so switching on `track_op` changes no number.
+    #[test]
+    fn fused_and_differentiable_forms_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, 8, &dev)?;
+        let cos = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
+        let sin = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
+        let xv = Var::from_tensor(&x)?;
+        let pairs = [
+            (rms_norm(&x, &w, 1e-5)?, rms_norm(xv.as_tensor(), &w, 1e-5)?),
+            (softmax_last_dim(&x)?, softmax_last_dim(xv.as_tensor())?),
+            (rope(&x, &cos, &sin)?, rope(xv.as_tensor(), &cos, &sin)?),
+        ];
+        for (fused, slow) in pairs {
+            let diff = (fused - slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "fused and composed differ by {diff}");
+        }
+        Ok(())
+    }
+
+    /// A decoding step's rows give the same bits alone as in any batch (k with and without a
+    /// tail past 16 lanes, n across column blocks), and gemm's values to rounding.
+    #[test]
+    fn decode_rows_are_the_same_alone_and_in_a_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        for (rows, k, n) in [(7, 37, 70), (8, 64, 131), (1, 16, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 1, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let batch = linear_t(&x, &w)?;
+            for r in 0..rows {
+                let alone = linear_t(&x.narrow(0, r, 1)?, &w)?;
+                let (a, b): (Vec<f32>, Vec<f32>) = (
+                    alone.flatten_all()?.to_vec1()?,
+                    batch.narrow(0, r, 1)?.flatten_all()?.to_vec1()?,
+                );
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+            }
+            let gemm = x.broadcast_matmul(&w.t()?)?;
+            let diff = (batch - gemm)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "decode kernel and gemm differ by {diff}");
+        }
+        Ok(())
+    }
 }
