@@ -110,10 +110,11 @@ fn make_study_shares_iteration_one_and_reports_every_variant() {
     assert_eq!(modified(&dir.join("study.md")), before);
 }
 
-/// The study's report.html: the evaluation's page with the study's 7 charts, and the training
-/// curves of every variant's iterations.
+/// The study's report.html: the evaluation's page under the study's title, with the study's 7
+/// charts and the training curves of every variant's iterations.
 fn check_report_html(dir: &Path) {
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<title>RSPO study: the regularizers compared</title>"));
     let (_, study) = html
         .split_once("The study: each metric per iteration")
         .expect("the study's section");

@@ -364,6 +364,9 @@ fn eval_output(
 }
 
 /// The files `evaluate` writes in --out; all there and `RunFingerprint` unchanged: up to date.
+/// The title of report.md and report.html.
+const REPORT_TITLE: &str = "RSPO evaluation";
+
 const EVALUATE_FILES: [&str; 5] = [
     "eval.parquet",
     "summary.json",
@@ -607,7 +610,12 @@ fn write_reports(
         &job.out.join("report.md"),
         &report_markdown(summaries, baseline, judge, &timings),
     )?;
-    write_report_html(job.out, &job.out.join("report.html"), Vec::new())
+    write_report_html(
+        job.out,
+        &job.out.join("report.html"),
+        REPORT_TITLE,
+        Vec::new(),
+    )
 }
 
 /// summary.json as read back: the judge, the baseline and each model's aggregates.
@@ -671,7 +679,7 @@ fn report_markdown(
     timings: &[(String, f64)],
 ) -> String {
     let mut md = String::new();
-    md.push_str("# RSPO evaluation\n\n");
+    md.push_str(&format!("# {REPORT_TITLE}\n\n"));
     md.push_str(&reading_note(judge, baseline, |s| format!("`{s}`")));
     md.push_str("\n\n");
     let table = summary_table(models);

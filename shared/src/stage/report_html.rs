@@ -66,9 +66,14 @@ fn training_sections(models: &[(String, String)]) -> Result<Vec<ChartSection>> {
     Ok(sections)
 }
 
-/// Writes `out` from the evaluation in `eval_dir`; `extra` sections (a study's charts) follow
-/// the summary chart.
-pub fn write_report_html(eval_dir: &Path, out: &Path, extra: Vec<ChartSection>) -> Result<()> {
+/// Writes `out`, titled `title`, from the evaluation in `eval_dir`; `extra` sections (a study's
+/// charts) follow the summary chart.
+pub fn write_report_html(
+    eval_dir: &Path,
+    out: &Path,
+    title: &str,
+    extra: Vec<ChartSection>,
+) -> Result<()> {
     let summary = read_summary(&eval_dir.join("summary.json"))?;
     let first = summary
         .models
@@ -100,7 +105,7 @@ pub fn write_report_html(eval_dir: &Path, out: &Path, extra: Vec<ChartSection>) 
     sections.extend(training_sections(&paths)?);
     let intro = reading_note(&summary.judge, &summary.baseline, |s| s.to_string());
     let page = render_html(&HtmlReport {
-        title: "RSPO evaluation",
+        title,
         intro: &intro,
         table: summary_table(&summary.models),
         sections,

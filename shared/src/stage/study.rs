@@ -18,6 +18,9 @@ use crate::eval::html_report::ChartSection;
 use crate::eval::{line_chart_svg, LineChart, Series};
 use crate::train::parse_regularizers;
 
+/// The title of study.md and the study's report.html.
+const STUDY_TITLE: &str = "RSPO study: the regularizers compared";
+
 /// The evaluation's name for the base model.
 pub const BASE_NAME: &str = "base";
 
@@ -202,7 +205,7 @@ pub fn study_report(job: &StudyReportJob) -> Result<()> {
         folded: false,
     };
     let eval_dir = job.summary.parent().unwrap_or(Path::new(""));
-    write_report_html(eval_dir, &dir.join("report.html"), vec![study])
+    write_report_html(eval_dir, &dir.join("report.html"), STUDY_TITLE, vec![study])
 }
 
 /// One line per variant: iteration 0 is the base model, shared by every line.
@@ -236,7 +239,7 @@ fn row(variant: &str, iteration: usize, m: &ModelSummary) -> String {
 }
 
 fn markdown(results: &StudyResults, job: &StudyReportJob, charts: &[(&str, String)]) -> String {
-    let mut md = String::from("# RSPO study: the regularizers compared\n\n");
+    let mut md = format!("# {STUDY_TITLE}\n\n");
     md.push_str(&format!(
         "{} variants, {} iterations each; iteration 1's samples, log-probs, scores and win rates \
          are shared. Judge: `{}`. Baseline: `{}`. Every model is evaluated once, against the same \
