@@ -178,16 +178,7 @@ mod tests {
             let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
             let want = probs.matmul(&span(&v)).unwrap();
             let got = fused.narrow(0, r, 1).unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::model::max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "row {r}: differs by {diff}");
         }
     }

@@ -778,27 +778,13 @@ pub fn frozen_linear_t(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
     use candle_core::{Device, Var, D};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// Asserts that `fused` and `composed` agree in value (within `tol`) and in the gradients of
     /// one random weighting of their outputs with respect to each of `vars` (within 10 `tol`).
     fn assert_same(what: &str, fused: &Tensor, composed: &Tensor, vars: &[&Var], tol: f64) {
-        let d = max_diff(fused, composed);
+        let d = max_abs_diff(fused, composed);
         assert!(d < tol, "{what}: value differs by {d}");
         let weights = Tensor::randn(0f32, 1.0, fused.shape(), fused.device())
             .and_then(|w| w.to_dtype(fused.dtype()))
@@ -811,7 +797,7 @@ mod tests {
         };
         let (ga, gb) = (grads(fused), grads(composed));
         for v in vars {
-            let d = max_diff(
+            let d = max_abs_diff(
                 ga.get(v.as_tensor()).unwrap(),
                 gb.get(v.as_tensor()).unwrap(),
             );
@@ -909,7 +895,11 @@ mod tests {
             let fused = silu_mul(g.as_tensor(), u.as_tensor()).unwrap().unwrap();
             let composed = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
             if dtype == DType::F64 {
-                assert_eq!(max_diff(&fused, &composed), 0.0, "silu-mul: values differ");
+                assert_eq!(
+                    max_abs_diff(&fused, &composed),
+                    0.0,
+                    "silu-mul: values differ"
+                );
             }
             assert_same("silu-mul", &fused, &composed, &[&g, &u], tol);
 

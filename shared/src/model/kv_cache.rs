@@ -307,7 +307,6 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
 
     fn step(rows: usize, t: usize, seed: f64) -> Tensor {
         Tensor::arange(0f32, (rows * 2 * t * 4) as f32, &Device::Cpu)
@@ -340,14 +339,7 @@ mod tests {
             reserved.advance(1);
             for (x, y) in [(&a.0, &b.0), (&a.1, &b.1)] {
                 assert_eq!(x.dims(), y.dims());
-                let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
-                assert_eq!(
-                    diff.to_dtype(DType::F32)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap(),
-                    0.0
-                );
+                assert_eq!(crate::model::max_abs_diff(x, y), 0.0);
             }
             // The reserved buffers are the same tensors throughout: written in place.
             assert_eq!(reserved.layers[0].as_ref().unwrap().0.id(), buffer);

@@ -59,3 +59,18 @@ pub use resolve::{model_ref, resolve_model};
 pub use sampling::{sampling_distribution, RowRng, SamplingParams};
 pub use transformer::{Linear, LoraAdapter, Transformer};
 pub use weights::{save_safetensors, weight_files, Weights};
+
+/// The largest absolute difference between two tensors' values (any shape and float dtype), for
+/// the kernels' tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    (a - b)
+        .and_then(|d| {
+            d.abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()
+        })
+        .expect("tensors of the same shape and dtype")
+}
