@@ -41,7 +41,7 @@ fn tracked_tree_fits_the_budget() {
     let mut files = tracked_files();
     assert!(files.len() > 100, "only {} tracked files", files.len());
     let total: u64 = files.iter().map(|f| f.1).sum();
-    files.sort_by(|a, b| b.1.cmp(&a.1));
+    files.sort_by_key(|f| std::cmp::Reverse(f.1));
     let largest: Vec<String> = files
         .iter()
         .take(8)

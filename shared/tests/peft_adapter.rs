@@ -29,7 +29,7 @@ const LAYERS: [&str; 4] = [
 ];
 
 /// A known factor: values from a formula, large enough to move the log-probs.
-fn factor(rows: usize, cols: usize, salt: usize) -> Vec<Vec<f64>> {
+fn factor(rows: usize, cols: usize, salt: usize) -> Matrix {
     (0..rows)
         .map(|i| {
             (0..cols)
@@ -44,7 +44,7 @@ fn tensor(m: &[Vec<f64>]) -> Tensor {
     Tensor::from_vec(flat, (m.len(), m[0].len()), &Device::Cpu).unwrap()
 }
 
-fn matrix(t: &Tensor) -> Vec<Vec<f64>> {
+fn matrix(t: &Tensor) -> Matrix {
     t.to_dtype(DType::F32)
         .unwrap()
         .to_vec2::<f32>()
@@ -54,11 +54,14 @@ fn matrix(t: &Tensor) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// A matrix as rows of f64.
+type Matrix = Vec<Vec<f64>>;
+
 struct Adapter {
     /// PEFT tensor name -> tensor.
     tensors: HashMap<String, Tensor>,
-    /// layer -> (A, B) as f64 matrices.
-    factors: BTreeMap<String, (Vec<Vec<f64>>, Vec<Vec<f64>>)>,
+    /// layer -> (A, B).
+    factors: BTreeMap<String, (Matrix, Matrix)>,
 }
 
 fn make_adapter(base: &Weights, rank: usize, salt: usize) -> Adapter {
