@@ -63,6 +63,29 @@ fn the_shipped_instruction_sets_parse() {
     assert!(train >= 150);
 }
 
+/// The one-kind sets of pipelines/smollm2-135m-title.toml: every prompt asks for a <<title>> and
+/// nothing else, and no evaluation prompt is a training prompt.
+#[test]
+fn the_title_sets_carry_one_title_constraint_each() {
+    let mut seen = HashMap::new();
+    for (name, rows_expected) in [("title-train-1", 90), ("title-eval", 64)] {
+        let path = repo(&format!("data/prompts/instructions-{name}.parquet"));
+        let (_, rows) = read_prompts(&path, &PromptOptions::default()).expect("read");
+        assert_eq!(rows.len(), rows_expected, "{name}");
+        for row in &rows {
+            let text = row.constraints.as_deref().expect("constraints");
+            let parsed = parse_constraints(text).expect("valid");
+            let kinds: Vec<&str> = parsed.iter().map(|c| c.kind.as_str()).collect();
+            assert_eq!(kinds, ["title"], "{name} {}", row.prompt_id);
+            let prompt = &row.messages.last().expect("a user turn").content;
+            assert!(prompt.ends_with("like <<my title>>."), "{name}: {prompt}");
+            if let Some(other) = seen.insert(prompt.clone(), name) {
+                panic!("{prompt:?} is in both {other} and {name}");
+            }
+        }
+    }
+}
+
 #[test]
 fn score_judges_the_tiny_policy_on_the_instruction_prompts() {
     let sc = Scratch::new("instructions");

@@ -222,3 +222,40 @@ fn pipeline_vars_prints_make_variables() {
     let lora = String::from_utf8(lora.stdout).unwrap();
     assert!(lora.contains("MODEL_DIR := adapter\n"), "{lora}");
 }
+
+/// Every shipped pipeline parses, and the prompt files it names (each part of `{t}`, and the
+/// evaluation prompts) are in the repository.
+#[test]
+fn every_shipped_pipeline_parses_and_its_prompt_files_exist() {
+    for entry in std::fs::read_dir(repo("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new(bin("generate"))
+            .args(["pipeline-vars", s(&path)])
+            .output()
+            .unwrap();
+        let name = path.display();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let vars = String::from_utf8(out.stdout).unwrap();
+        let var = |key: &str| {
+            let prefix = format!("{key} := ");
+            let line = vars.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+            line.unwrap_or_else(|| panic!("{name}: no {key} in\n{vars}"))
+                .to_string()
+        };
+        let parts: usize = var("PROMPT_PARTS").parse().unwrap();
+        let mut files: Vec<String> = (1..=parts)
+            .map(|t| var("PROMPTS").replace("{t}", &t.to_string()))
+            .collect();
+        files.push(var("EVAL_PROMPTS"));
+        for file in files {
+            assert!(
+                repo(&file).is_file(),
+                "{name} names {file}, which is missing"
+            );
+        }
+    }
+}
