@@ -2,9 +2,10 @@
 //! pipeline files are read strictly by the stages and by make alike, and make gets its values
 //! from our own reader.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
-use e2e::{bin, fails, ok, repo, s, Scratch};
+use e2e::{bin, fails, repo, s, Scratch};
 
 fn text(out: &Output) -> String {
     format!(
@@ -191,20 +192,22 @@ fn make_reads_the_pipeline_file_through_our_reader() {
     );
 }
 
-#[test]
-fn pipeline_vars_prints_make_variables() {
-    let scratch = Scratch::new("settings-vars");
-    let out = ok(
-        &scratch,
-        "generate",
-        &["pipeline-vars", s(&repo("pipelines/tiny.toml"))],
-    );
-    assert!(out.is_empty(), "stderr: {out}");
-    let vars = Command::new(bin("generate"))
-        .args(["pipeline-vars", s(&repo("pipelines/tiny.toml"))])
+/// `generate pipeline-vars` on a pipeline file: it succeeds with nothing on stderr; its stdout.
+fn pipeline_vars(pipeline: &Path) -> String {
+    let out = Command::new(bin("generate"))
+        .args(["pipeline-vars", s(pipeline)])
         .output()
         .unwrap();
-    let vars = String::from_utf8(vars.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let name = pipeline.display();
+    assert!(out.status.success(), "{name}: {stderr}");
+    assert!(stderr.is_empty(), "{name}: stderr: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn pipeline_vars_prints_make_variables() {
+    let vars = pipeline_vars(&repo("pipelines/tiny.toml"));
     assert!(
         vars.contains("BASE_MODEL := data/models/tiny-policy\n"),
         "{vars}"
@@ -215,11 +218,7 @@ fn pipeline_vars_prints_make_variables() {
     );
     assert!(vars.contains("MODEL_DIR := model\n"), "{vars}");
     // LoRA without merge: an iteration's model is its adapter folder.
-    let lora = Command::new(bin("generate"))
-        .args(["pipeline-vars", s(&repo("pipelines/tiny-lora.toml"))])
-        .output()
-        .unwrap();
-    let lora = String::from_utf8(lora.stdout).unwrap();
+    let lora = pipeline_vars(&repo("pipelines/tiny-lora.toml"));
     assert!(lora.contains("MODEL_DIR := adapter\n"), "{lora}");
 }
 
@@ -229,17 +228,8 @@ fn pipeline_vars_prints_make_variables() {
 fn every_shipped_pipeline_parses_and_its_prompt_files_exist() {
     for entry in std::fs::read_dir(repo("pipelines")).unwrap() {
         let path = entry.unwrap().path();
-        let out = Command::new(bin("generate"))
-            .args(["pipeline-vars", s(&path)])
-            .output()
-            .unwrap();
         let name = path.display();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let vars = String::from_utf8(out.stdout).unwrap();
+        let vars = pipeline_vars(&path);
         let var = |key: &str| {
             let prefix = format!("{key} := ");
             let line = vars.lines().find_map(|l| l.strip_prefix(prefix.as_str()));

@@ -363,10 +363,10 @@ fn eval_output(
     )
 }
 
-/// The files `evaluate` writes in --out; all there and `RunFingerprint` unchanged: up to date.
 /// The title of report.md and report.html.
 const REPORT_TITLE: &str = "RSPO evaluation";
 
+/// The files `evaluate` writes in --out; all there and `RunFingerprint` unchanged: up to date.
 const EVALUATE_FILES: [&str; 5] = [
     "eval.parquet",
     "summary.json",
