@@ -79,7 +79,11 @@ fn main() {
         eprintln!("throughput: {e}");
         std::process::exit(2)
     });
-    rspo::model::cpu_tuning::tune_process_for_models();
+    // As the stage binaries do.
+    rspo::model::cpu_tuning::run_model_work(|| run(args));
+}
+
+fn run(args: Args) {
     let device = rspo::model::parse_device(&args.device).unwrap_or_else(|e| {
         eprintln!("throughput: {e:#}");
         std::process::exit(1)

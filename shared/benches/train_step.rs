@@ -20,10 +20,11 @@ use rspo::train::{
 
 fn main() {
     // As the train-step binary does (CANDLE_NUM_THREADS, if set, wins; large buffers stay on
-    // the heap).
-    rspo::model::cpu_tuning::prefer_serial_elementwise_ops();
-    let kept = rspo::model::cpu_tuning::keep_large_allocations();
-    println!("large allocations kept on the heap: {kept}");
+    // the heap; the work runs on a matmul worker thread).
+    rspo::model::cpu_tuning::run_model_work(measure_both);
+}
+
+fn measure_both() {
     let cfg = common::bench_config();
     let weights = random_weights(&cfg, 0.02, DType::F32, &Device::Cpu).expect("weights");
     let full = TrainableModel::full(cfg.clone(), &weights).expect("model");

@@ -78,8 +78,12 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    // Allocator and thread settings for model work, before any thread or tensor exists.
-    rspo::model::cpu_tuning::tune_process_for_models();
+    // Allocator and thread settings for model work, before any thread or tensor exists; the
+    // command then runs on one of the matmuls' worker threads.
+    rspo::model::cpu_tuning::run_model_work(run)
+}
+
+fn run() -> Result<()> {
     let (a, matches) = parse_command_line::<Args>();
     if let Some(Command::StudyReport {
         summary,

@@ -50,8 +50,12 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    // Allocator and thread settings for model work, before any thread or tensor exists.
-    rspo::model::cpu_tuning::tune_process_for_models();
+    // Allocator and thread settings for model work, before any thread or tensor exists; the
+    // command then runs on one of the matmuls' worker threads.
+    rspo::model::cpu_tuning::run_model_work(run)
+}
+
+fn run() -> Result<()> {
     let (a, matches) = parse_command_line::<Cli>();
     let s = a.settings.under_config(a.run.config.as_deref(), &matches)?;
     let r = score::score(&ScoreJob {

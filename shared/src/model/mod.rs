@@ -9,8 +9,8 @@
 //!   in its backward pass.
 //! - [`resolve_model`], [`model_ref`], [`parse_device`], [`dtype_for`]: a model as the command
 //!   line names it, its identity for fingerprints, and where and in what precision it runs.
-//! - [`cpu_tuning::tune_process_for_models`]: allocator and thread settings every binary that
-//!   runs a model applies first.
+//! - [`cpu_tuning::run_model_work`]: allocator and thread settings every binary that runs a
+//!   model applies first, and the thread its work then runs on.
 
 mod chat_template;
 mod checkpoint;
