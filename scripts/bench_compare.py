@@ -205,11 +205,28 @@ def measure_rounds(args, ours, configs, runs_path):
                       + f"; peak RSS {rss / 1e9:.2f} GB, user {user:.0f} s, sys {sys_s:.0f} s",
                       file=sys.stderr, flush=True)
     load_after = open("/proc/loadavg").read().split()[:3]
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as f:
+        cpu = cpu_description(f.read())
     note = (f"{args.rounds} interleaved rounds of {args.runs} timed runs; {os.cpu_count()} cores, "
             f"{cpu}; load average {' '.join(load_before)} before, {' '.join(load_after)} after; "
             f"{time.time() - started:.0f} s")
     return records, note
+
+
+def cpu_description(cpuinfo):
+    """The first processor of a /proc/cpuinfo text: its name, family and model, and whether it
+    has AVX-512. Tables from two machines differ mostly by these: gemm runs AVX-512 kernels where
+    the processor has them, and a full-width AVX-512 unit (AMD family 26, Zen 5) doubles their
+    throughput over a double-pumped one (family 25, Zen 4), while PyTorch's CPU matmuls gain
+    little. "AMD EPYC" alone does not tell them apart."""
+    fields = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = fields.get("flags", "").split()
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}, {simd})")
 
 
 if __name__ == "__main__":

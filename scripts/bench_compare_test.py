@@ -51,5 +51,19 @@ class Table(unittest.TestCase):
         self.assertEqual(gen, ["generate", "50", "25", "2.00", "10", "-", "-"])
 
 
+class CpuDescription(unittest.TestCase):
+    INFO = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu fma avx2 avx512f avx512bw\n\n"
+            "processor\t: 1\ncpu family\t: 99\nmodel name\t: other\n")
+
+    def test_first_processor_with_family_model_and_vector_width(self):
+        self.assertEqual(bench_compare.cpu_description(self.INFO),
+                         "AMD EPYC (family 26 model 2, AVX-512)")
+
+    def test_without_avx512(self):
+        info = self.INFO.replace(" avx512f avx512bw", "")
+        self.assertEqual(bench_compare.cpu_description(info), "AMD EPYC (family 26 model 2, AVX2)")
+
+
 if __name__ == "__main__":
     unittest.main()

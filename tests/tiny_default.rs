@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use e2e::{bin, fixture, markdown_table, max_abs_diff, output_text as text, repo, Scratch};
+use e2e::{
+    assert_quoted_table, bin, fixture, markdown_table, max_abs_diff, output_text as text, repo,
+    Scratch,
+};
 use rspo::model::{sequence_scores, Checkpoint};
 
 /// The reward model's preference, restated from the example's doc: `▁` then lowercase letters.
@@ -241,15 +244,11 @@ fn check_readme_results(report: &str) {
         })
     };
     let columns: Vec<usize> = quoted[0].iter().map(|h| column(h)).collect();
-    let expected: Vec<Vec<String>> = run[1..]
+    let shown: Vec<Vec<String>> = run
         .iter()
         .map(|row| columns.iter().map(|&c| row[c].clone()).collect())
         .collect();
-    assert_eq!(
-        quoted[1..].to_vec(),
-        expected,
-        "README.md's results table differs from this run's report.md:\n{report}"
-    );
+    assert_quoted_table(&quoted, &shown, 1, report);
 }
 
 /// A LoRA pipeline (adapters, no merge) through make: iteration 2 samples from and trains on

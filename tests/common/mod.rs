@@ -191,6 +191,62 @@ pub fn markdown_table(text: &str, marker: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Checks a table README.md quotes (`quoted`, header first) against the run's (`run`, the
+/// same columns). Cell for cell where this machine's matrix products round as they did where
+/// the README's tables were made ([`rounds_as_readme_tables`]); elsewhere the header and each
+/// row's first `key_columns` cells (the model; the variant and iteration), with a note on
+/// stderr.
+pub fn assert_quoted_table(
+    quoted: &[Vec<String>],
+    run: &[Vec<String>],
+    key_columns: usize,
+    context: &str,
+) {
+    if rounds_as_readme_tables() {
+        assert_eq!(
+            quoted, run,
+            "README.md's table differs from this run's:\n{context}"
+        );
+        return;
+    }
+    eprintln!(
+        "note: this processor has no AVX-512, so its matrix products round differently from \
+         those that made README.md's tables; comparing their rows and columns only"
+    );
+    let keys = |t: &[Vec<String>]| -> Vec<Vec<String>> {
+        t.iter()
+            .skip(1)
+            .map(|r| r[..key_columns].to_vec())
+            .collect()
+    };
+    assert_eq!(
+        quoted.first(),
+        run.first(),
+        "README.md's table header:\n{context}"
+    );
+    assert_eq!(
+        keys(quoted),
+        keys(run),
+        "README.md's table rows:\n{context}"
+    );
+}
+
+/// Whether this machine's matrix products round as on the machines that made README.md's
+/// result tables: x86-64 with AVX-512. gemm picks its kernels by the processor, and with them
+/// where each sum is split into blocks; without AVX-512 a trained model's weights differ in
+/// their last bits, sampled tokens diverge after a few steps, and the quoted numbers with them
+/// (by several points of win rate on the tiny pipelines).
+pub fn rounds_as_readme_tables() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// A finished command's stdout then stderr, as text.
 pub fn output_text(out: &Output) -> String {
     format!(
