@@ -13,6 +13,11 @@ use rspo::model::{
 use std::time::Instant;
 
 fn main() {
+    // With the stage binaries' CPU settings, on a matmul worker thread as they run.
+    rspo::model::cpu_tuning::run_model_work(measure);
+}
+
+fn measure() {
     let model = common::bench_model(None);
     let vocab = model.cfg.vocab_size;
     let (requests, params) = common::generate_workload(vocab);

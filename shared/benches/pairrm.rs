@@ -82,6 +82,11 @@ fn text(seed: usize, n: usize) -> String {
 }
 
 fn main() {
+    // With the stage binaries' CPU settings, on a matmul worker thread as they run.
+    rspo::model::cpu_tuning::run_model_work(measure);
+}
+
+fn measure() {
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-pairrm");
     let config: PairRmConfig = serde_json::from_value(serde_json::json!({
         "architectures": ["DebertaV2PairRM"],

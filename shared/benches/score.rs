@@ -32,6 +32,11 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
+    // With the stage binaries' CPU settings, on a matmul worker thread as they run.
+    rspo::model::cpu_tuning::run_model_work(measure);
+}
+
+fn measure() {
     let model = bench_reward_model();
     let (n, len) = (32u32, 96u32);
     let seqs: Vec<Vec<u32>> = (0..n)

@@ -79,7 +79,7 @@ fn main() {
         eprintln!("throughput: {e}");
         std::process::exit(2)
     });
-    // As the stage binaries do.
+    // With the stage binaries' CPU settings, on a matmul worker thread as they run.
     rspo::model::cpu_tuning::run_model_work(|| run(args));
 }
 

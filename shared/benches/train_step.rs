@@ -19,8 +19,7 @@ use rspo::train::{
 };
 
 fn main() {
-    // As the train-step binary does (CANDLE_NUM_THREADS, if set, wins; large buffers stay on
-    // the heap; the work runs on a matmul worker thread).
+    // With the stage binaries' CPU settings, on a matmul worker thread as they run.
     rspo::model::cpu_tuning::run_model_work(measure_both);
 }
 

@@ -50,8 +50,9 @@ fn prefer_serial_elementwise_ops() {
 /// serves every thread: glibc gives other threads arenas that grow in 64 MiB heaps, so a
 /// larger buffer allocated on a worker thread (where [`run_model_work`] runs) would be a fresh
 /// mapping every time (a SmolLM2 train step there: 377 000 page faults a step, none with one
-/// arena). Returns whether the allocator took the settings; a no-op elsewhere.
-fn keep_large_allocations() -> bool {
+/// arena). A no-op on other C libraries, and where glibc refuses a setting (each only tunes
+/// speed).
+fn keep_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::raw::c_int;
@@ -63,13 +64,9 @@ fn keep_large_allocations() -> bool {
         const M_ARENA_MAX: c_int = -8;
         // Safety: mallopt only changes allocator parameters; called before threads start.
         unsafe {
-            mallopt(M_MMAP_THRESHOLD, c_int::MAX) == 1
-                && mallopt(M_TRIM_THRESHOLD, c_int::MAX) == 1
-                && mallopt(M_ARENA_MAX, 1) == 1
+            mallopt(M_MMAP_THRESHOLD, c_int::MAX);
+            mallopt(M_TRIM_THRESHOLD, c_int::MAX);
+            mallopt(M_ARENA_MAX, 1);
         }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
     }
 }
