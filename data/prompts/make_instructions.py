@@ -383,24 +383,27 @@ def write(name, prefix, tasks, seed):
         rows.append({"prompt_id": f"{prefix}-{i:03d}", "prompt": prompt, "constraints": constraints})
     missing = [k for k, v in usage.items() if v == 0]
     assert not missing, f"{name}: kinds never used: {missing}"
-    path = HERE / f"{name}.jsonl"
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     counts = sorted(usage.items(), key=lambda kv: -kv[1])
-    print(f"{path.name}: {len(rows)} prompts, {sum(usage.values())} constraints; " +
-          ", ".join(f"{k} {v}" for k, v in counts))
+    write_jsonl(name, rows, f"{sum(usage.values())} constraints; " +
+                ", ".join(f"{k} {v}" for k, v in counts))
 
 
 def write_one_kind(name, prefix, tasks, kind):
     """Every task with the same single constraint: a dense training signal for that kind."""
+    rows = []
+    for i, (task, ttype, words) in enumerate(tasks, 1):
+        constraint, sentence = instantiate(kind, task, ttype, words, random.Random(i))
+        rows.append({"prompt_id": f"{prefix}-{i:03d}", "prompt": f"{task} {sentence}", "constraints": [constraint]})
+    write_jsonl(name, rows, f"each with one {kind} constraint")
+
+
+def write_jsonl(name, rows, summary):
+    """`name`.jsonl beside this script, one row per line; prints its size and `summary`."""
     path = HERE / f"{name}.jsonl"
     with path.open("w", encoding="utf-8", newline="\n") as f:
-        for i, (task, ttype, words) in enumerate(tasks, 1):
-            constraint, sentence = instantiate(kind, task, ttype, words, random.Random(i))
-            row = {"prompt_id": f"{prefix}-{i:03d}", "prompt": f"{task} {sentence}", "constraints": [constraint]}
+        for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"{path.name}: {len(tasks)} prompts, each with one {kind} constraint")
+    print(f"{path.name}: {len(rows)} prompts, {summary}")
 
 
 def main():

@@ -2,8 +2,8 @@
 //! through [`run_model_work`], before any thread or tensor exists, and the benchmarks do the
 //! same, so what is measured is what the stages run.
 
-/// Applies [`tune_process_for_models`], then runs `work` on one of rayon's worker threads and
-/// returns its result (a panic in `work` goes on in the caller).
+/// Applies both settings below, then runs `work` on one of rayon's worker threads and returns
+/// its result (a panic in `work` goes on in the caller).
 ///
 /// gemm splits every matrix product over rayon's threads. Called from a thread outside the
 /// pool, it hands all the parts to the pool and sleeps until they are done, so around each of
@@ -14,19 +14,14 @@
 /// same. The results are the same bits: each product's parts and sums do not depend on which
 /// thread runs them.
 pub fn run_model_work<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    tune_process_for_models();
+    prefer_serial_elementwise_ops();
+    keep_large_allocations();
     // The main thread's 8 MiB rather than 2: the work (a backward pass's graph walk recurses
     // once per node on the path) now runs here. Fails only if the pool already exists.
     let _ = rayon::ThreadPoolBuilder::new()
         .stack_size(8 << 20)
         .build_global();
     rayon::scope(|_| work())
-}
-
-/// Both settings below.
-fn tune_process_for_models() {
-    prefer_serial_elementwise_ops();
-    keep_large_allocations();
 }
 
 /// Runs candle's elementwise CPU ops on the calling thread unless `CANDLE_NUM_THREADS` says
